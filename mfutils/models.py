@@ -1,0 +1,386 @@
+"""Loading MLLMs by name: the shipped tiny model, tiny random models of each architecture, real checkpoints.
+
+Public API
+----------
+MLLM                              a loaded model + processor + its architecture adapter (``ArchSpec``)
+load_model(name, ...) -> MLLM     ``"tiny"`` (the shipped default), ``"random:<arch>"``, a local path,
+                                  or a Hugging Face id already in the local cache (never downloads)
+RANDOM_ARCHS                      the ``random:<arch>`` names
+build_word_tokenizer(words, ...)  a word-level fast tokenizer for tiny models (offline)
+build_processor(arch, tokenizer)  the processor of a tiny model of ``arch`` (offline, no torchvision)
+DEFAULT_MODEL                     name of the default model ("tiny")
+
+Example::
+
+    mm = load_model("random:qwen2_5_vl")          # tiny random Qwen2.5-VL, built offline
+    mm.n_layers, mm.n_heads, mm.head_dim
+    mm.o_proj(2)                                   # layer 2's attention output projection
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+import torch.nn as nn
+
+from .archs import ARCHS, ArchSpec, get_module, spec_for_model_type
+from .paths import checkpoint_dir
+
+__all__ = [
+    "MLLM",
+    "load_model",
+    "RANDOM_ARCHS",
+    "DEFAULT_MODEL",
+    "build_word_tokenizer",
+    "build_processor",
+    "random_model",
+    "ModelNotFoundError",
+]
+
+DEFAULT_MODEL = "tiny"
+RANDOM_ARCHS = ("llava", "qwen2_vl", "qwen2_5_vl")
+SUPPORTED_ATTN = ("sdpa", "eager")
+
+# Special tokens every tiny tokenizer carries (the union of what the three templates need).
+_SPECIALS = [
+    "<pad>", "<unk>", "<s>", "</s>", "<image>",
+    "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>",
+]
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A model name that is neither known, nor a local path, nor in the local Hugging Face cache."""
+
+
+@dataclass
+class MLLM:
+    """A loaded multimodal LLM with the facts of its architecture.
+
+    Attributes: ``model`` (transformers model, eval mode), ``processor`` (its processor), ``spec``
+    (``ArchSpec``), ``name`` (what it was loaded as), ``info`` (free-form provenance, e.g. the model card).
+    """
+
+    model: Any
+    processor: Any
+    spec: ArchSpec
+    name: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+    # ---- configuration facts -------------------------------------------------------------------
+    @property
+    def tokenizer(self) -> Any:
+        return self.processor.tokenizer
+
+    @property
+    def text_config(self) -> Any:
+        return getattr(self.model.config, self.spec.text_config_attr)
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.text_config.num_hidden_layers)
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.text_config.num_attention_heads)
+
+    @property
+    def n_kv_heads(self) -> int:
+        return int(getattr(self.text_config, "num_key_value_heads", None) or self.n_heads)
+
+    @property
+    def head_dim(self) -> int:
+        hd = getattr(self.text_config, "head_dim", None)
+        return int(hd) if hd else int(self.text_config.hidden_size) // self.n_heads
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.text_config.hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        return self.unembed.weight.device
+
+    @property
+    def image_token_id(self) -> int:
+        tid = self.tokenizer.convert_tokens_to_ids(self.spec.image_token)
+        if tid is None or tid == self.tokenizer.unk_token_id:
+            raise ValueError(f"the tokenizer of {self.name!r} has no image token {self.spec.image_token!r}")
+        return int(tid)
+
+    @property
+    def attn_implementation(self) -> str:
+        return str(self.text_config._attn_implementation)
+
+    # ---- modules ---------------------------------------------------------------------------------
+    @property
+    def layers(self) -> nn.ModuleList:
+        return get_module(self.model, self.spec.layers)  # type: ignore[return-value]
+
+    def attn(self, layer: int) -> nn.Module:
+        return get_module(self.layers[layer], self.spec.attn)
+
+    def o_proj(self, layer: int) -> nn.Module:
+        return get_module(self.layers[layer], self.spec.o_proj)
+
+    def mlp(self, layer: int) -> nn.Module:
+        return get_module(self.layers[layer], self.spec.mlp)
+
+    @property
+    def final_norm(self) -> nn.Module:
+        return get_module(self.model, self.spec.final_norm)
+
+    @property
+    def unembed(self) -> nn.Linear:
+        return get_module(self.model, self.spec.unembed)  # type: ignore[return-value]
+
+    def set_attn_implementation(self, impl: str) -> None:
+        """Switch the language model (and vision tower) between ``"sdpa"`` and ``"eager"``."""
+        if impl not in SUPPORTED_ATTN:
+            raise ValueError(f"attention implementation {impl!r} not supported; use one of {SUPPORTED_ATTN}")
+        self.model.set_attn_implementation(impl)
+
+    def __repr__(self) -> str:
+        return (f"MLLM({self.name!r}, arch={self.spec.name}, layers={self.n_layers}, heads={self.n_heads}, "
+                f"head_dim={self.head_dim}, attn={self.attn_implementation})")
+
+
+# ------------------------------------------------------------------------------------------------
+# Tiny tokenizers and processors, built offline
+# ------------------------------------------------------------------------------------------------
+def _template_words() -> list[str]:
+    words: list[str] = []
+    for spec in ARCHS.values():
+        text = spec.template.replace("{user}", " ")
+        for sp in _SPECIALS:
+            text = text.replace(sp, " ")
+        words.extend(text.split())
+    return words
+
+
+def build_word_tokenizer(words: Iterable[str], image_token: str = "<image>") -> Any:
+    """A word-level fast tokenizer (whitespace split, ``<s>`` prepended, left padding) over ``words``.
+
+    The special tokens of all three chat templates are included, so one vocabulary serves every tiny
+    architecture; ``image_token`` is the one its processor expands (``ArchSpec.image_token``). Offsets mapping works, which ``mfutils.groups`` relies on.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab: dict[str, int] = {}
+    for w in [*_SPECIALS, *_template_words(), *words]:
+        if w not in vocab:
+            vocab[w] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", vocab["<s>"])]
+    )
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+        extra_special_tokens={"image_token": image_token},
+    )
+    hf.add_special_tokens({"additional_special_tokens": [s for s in _SPECIALS[4:]]})
+    hf.padding_side = "left"
+    return hf
+
+
+def _qwen_processor_class(base: type) -> type:
+    """Qwen processors without a video processor: needed when torchvision is absent (see notes)."""
+
+    class _NoVideo(base):  # type: ignore[misc, valid-type]
+        @classmethod
+        def get_attributes(cls) -> list[str]:
+            return ["image_processor", "tokenizer"]
+
+    _NoVideo.__name__ = base.__name__
+    _NoVideo.__qualname__ = base.__qualname__
+    return _NoVideo
+
+
+def build_processor(arch: str, tokenizer: Any, image_size: int = 64) -> Any:
+    """The processor of a tiny model of ``arch`` (images ``image_size`` square -> 16 image tokens)."""
+    if arch == "llava":
+        from transformers import CLIPImageProcessorPil as CLIPImageProcessor, LlavaProcessor
+
+        ip = CLIPImageProcessor(
+            size={"height": image_size, "width": image_size},
+            crop_size={"height": image_size, "width": image_size}, do_center_crop=False,
+        )
+        return LlavaProcessor(
+            image_processor=ip, tokenizer=tokenizer, patch_size=image_size // 4,
+            vision_feature_select_strategy="default", num_additional_image_tokens=1, image_token="<image>",
+        )
+    if arch in ("qwen2_vl", "qwen2_5_vl"):
+        from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor
+        from transformers import Qwen2VLImageProcessorPil as Qwen2VLImageProcessor
+
+        patch = image_size // 8
+        ip = Qwen2VLImageProcessor(patch_size=patch, merge_size=2, temporal_patch_size=2,
+                                   min_pixels=image_size * image_size, max_pixels=image_size * image_size)
+        cls = _qwen_processor_class(Qwen2VLProcessor if arch == "qwen2_vl" else Qwen2_5_VLProcessor)
+        return cls(image_processor=ip, tokenizer=tokenizer)
+    raise ValueError(f"unknown architecture {arch!r}; supported: {RANDOM_ARCHS}")
+
+
+def _random_config(arch: str, tokenizer: Any, n_layers: int, image_size: int) -> Any:
+    tid = tokenizer.convert_tokens_to_ids
+    common_text = dict(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=n_layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    if arch == "llava":
+        from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+        return LlavaConfig(
+            vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                           num_attention_heads=2, image_size=image_size,
+                                           patch_size=image_size // 4),
+            text_config=LlamaConfig(**common_text, rope_parameters={"rope_type": "default", "rope_theta": 1e4}),
+            image_token_index=tid("<image>"), image_seq_length=16,
+            vision_feature_select_strategy="default", vision_feature_layer=-1,
+        )
+    special = dict(image_token_id=tid("<|image_pad|>"), video_token_id=tid("<|video_pad|>"),
+                   vision_start_token_id=tid("<|vision_start|>"), vision_end_token_id=tid("<|vision_end|>"))
+    text = dict(common_text, rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3]})
+    patch = image_size // 8
+    if arch == "qwen2_vl":
+        from transformers import Qwen2VLConfig
+
+        return Qwen2VLConfig(
+            vision_config=dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2,
+                               patch_size=patch, spatial_merge_size=2, temporal_patch_size=2, in_channels=3),
+            text_config=text, **special,
+        )
+    if arch == "qwen2_5_vl":
+        from transformers import Qwen2_5_VLConfig
+
+        return Qwen2_5_VLConfig(
+            vision_config=dict(depth=2, hidden_size=32, num_heads=2, patch_size=patch, spatial_merge_size=2,
+                               temporal_patch_size=2, intermediate_size=64, out_hidden_size=64,
+                               window_size=4 * patch, fullatt_block_indexes=[1], in_channels=3),
+            text_config=text, **special,
+        )
+    raise ValueError(f"unknown architecture {arch!r}; supported: {RANDOM_ARCHS}")
+
+
+def random_model(arch: str, *, seed: int = 0, n_layers: int = 4, words: Iterable[str] | None = None,
+                 attn_implementation: str = "sdpa", image_size: int = 64) -> MLLM:
+    """A tiny randomly initialised MLLM of ``arch`` with a word-level tokenizer, built offline.
+
+    ``words`` defaults to the vocabulary of the synthetic world, so the random model reads world prompts.
+    """
+    import transformers
+
+    if arch not in RANDOM_ARCHS:
+        raise ValueError(f"unknown random architecture {arch!r}; use one of "
+                         f"{', '.join('random:' + a for a in RANDOM_ARCHS)}")
+    if words is None:
+        from .world import vocabulary
+
+        words = vocabulary()
+    tok = build_word_tokenizer(words, image_token=ARCHS[arch].image_token)
+    proc = build_processor(arch, tok, image_size=image_size)
+    cfg = _random_config(arch, tok, n_layers, image_size)
+    spec = ARCHS[arch]
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = getattr(transformers, spec.model_class)(cfg)
+    model.set_attn_implementation(attn_implementation)
+    model.eval()
+    return MLLM(model=model, processor=proc, spec=spec, name=f"random:{arch}", info={"seed": seed})
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading by name
+# ------------------------------------------------------------------------------------------------
+def _load_processor(path: Path, spec: ArchSpec) -> Any:
+    import transformers
+
+    if spec.name in ("qwen2_vl", "qwen2_5_vl"):
+        base = transformers.Qwen2VLProcessor if spec.name == "qwen2_vl" else transformers.Qwen2_5_VLProcessor
+        try:
+            return transformers.AutoProcessor.from_pretrained(path)
+        except Exception:  # no torchvision -> no video processor; build without it (see notes)
+            return _qwen_processor_class(base).from_pretrained(path)
+    return transformers.AutoProcessor.from_pretrained(path)
+
+
+def _resolve_path(name: str) -> Path:
+    if name == DEFAULT_MODEL:
+        p = checkpoint_dir()
+        if not (p / "config.json").exists():
+            raise ModelNotFoundError(
+                f"the default tiny model is missing at {p}: run `make retrain` (about 25 minutes on 2 cores) "
+                "or restore checkpoints/ from git"
+            )
+        return p
+    p = Path(name).expanduser()
+    if p.exists():
+        if not (p / "config.json").exists():
+            raise ModelNotFoundError(f"{p} exists but holds no config.json: is it a transformers checkpoint folder?")
+        return p
+    # A Hugging Face id: only from the local cache, never a download.
+    if "/" in name and not name.startswith(("/", ".")):
+        from huggingface_hub import snapshot_download
+
+        try:
+            return Path(snapshot_download(name, local_files_only=True))
+        except Exception as exc:
+            raise ModelNotFoundError(
+                f"weights for {name!r} are not in the local Hugging Face cache and this project never downloads "
+                "at run time. Fetch them on a machine with network (`huggingface-cli download "
+                f"{name}`) and pass the local folder as the model."
+            ) from exc
+    raise ModelNotFoundError(
+        f"unknown model {name!r}: use 'tiny' (the shipped default), "
+        f"{', '.join('random:' + a for a in RANDOM_ARCHS)}, a local checkpoint folder, or a cached "
+        "Hugging Face id such as llava-hf/llava-1.5-7b-hf"
+    )
+
+
+def load_model(name: str = DEFAULT_MODEL, *, attn_implementation: str = "sdpa", device: str = "cpu",
+               dtype: torch.dtype | None = None) -> MLLM:
+    """Load an MLLM by name, in eval mode.
+
+    ``name``: ``"tiny"``, ``"random:llava" | "random:qwen2_vl" | "random:qwen2_5_vl"``, a local folder,
+    or a Hugging Face id present in the local cache. ``device="auto"`` spreads a large model over the GPUs
+    (accelerate's ``device_map="auto"``). Raises ``ModelNotFoundError`` with a fix for anything else.
+    """
+    import json
+
+    import transformers
+
+    if attn_implementation not in SUPPORTED_ATTN:
+        raise ValueError(f"attention implementation {attn_implementation!r} not supported; use one of {SUPPORTED_ATTN}")
+    if name.startswith("random:"):
+        mm = random_model(name.split(":", 1)[1], attn_implementation=attn_implementation)
+        mm.model.to(device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+        return mm
+    path = _resolve_path(name)
+    model_type = json.loads((path / "config.json").read_text()).get("model_type", "")
+    spec = spec_for_model_type(model_type)
+    cls = getattr(transformers, spec.model_class)
+    kwargs: dict[str, Any] = {"attn_implementation": attn_implementation}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if device == "auto":
+        kwargs["device_map"] = "auto"
+    model = cls.from_pretrained(path, local_files_only=True, **kwargs)
+    if device != "auto":
+        model.to(device)
+    model.eval()
+    processor = _load_processor(path, spec)
+    if getattr(processor.tokenizer, "padding_side", "left") != "left":
+        processor.tokenizer.padding_side = "left"
+    info: dict[str, Any] = {"path": str(path)}
+    card = path / "model_card.json"
+    if card.exists():
+        info["card"] = json.loads(card.read_text())
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return MLLM(model=model, processor=processor, spec=spec, name=name, info=info)

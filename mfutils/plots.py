@@ -1,0 +1,76 @@
+"""Figures: one seaborn theme, one way to save.
+
+Public API
+----------
+set_theme()                               the paper theme (seaborn "paper" context, colour-blind palette)
+save_figure(fig, name, model=None, folder=None) -> list[Path]   PDF + PNG, tight, no dates; closes fig
+plot_training_curve(curve, ax=None) -> Figure                   accuracy per category against step
+COLUMN_WIDTH                              3.5 inches
+
+Example::
+
+    fig = plot_training_curve(card["curve"])
+    save_figure(fig, "training_curve", folder=Path("checkpoints/tiny-llava"))
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib.pyplot as plt
+import seaborn as sns
+
+from .paths import figures_dir
+
+__all__ = ["set_theme", "save_figure", "plot_training_curve", "COLUMN_WIDTH"]
+
+COLUMN_WIDTH = 3.5
+_THEMED = False
+
+
+def set_theme() -> None:
+    """Set the project's seaborn theme once (idempotent)."""
+    global _THEMED
+    if not _THEMED:
+        sns.set_theme(context="paper", style="whitegrid", palette="colorblind")
+        plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 200, "figure.figsize": (COLUMN_WIDTH, 2.4)})
+        _THEMED = True
+
+
+def save_figure(fig: plt.Figure, name: str, model: str | None = None, folder: Path | None = None,
+                formats: Sequence[str] = ("png", "pdf"), close: bool = True) -> list[Path]:
+    """Save ``fig`` as ``<folder or figures/<model>>/<name>.{png,pdf}`` with fixed metadata; close it."""
+    if folder is None:
+        if model is None:
+            raise ValueError("save_figure needs a model (-> figures/<model>/) or an explicit folder")
+        folder = figures_dir(model)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fmt in formats:
+        path = folder / f"{name}.{fmt}"
+        meta: dict[str, Any] = {"Software": None} if fmt == "png" else {"CreationDate": None, "Producer": None, "Creator": None}
+        fig.savefig(path, bbox_inches="tight", metadata=meta)
+        paths.append(path)
+    if close:
+        plt.close(fig)
+    return paths
+
+
+def plot_training_curve(curve: Sequence[dict[str, Any]], ax: plt.Axes | None = None) -> plt.Figure:
+    """Held-out-monitor accuracy per category against the training step (one line per category)."""
+    set_theme()
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(COLUMN_WIDTH * 1.6, 2.6))
+    else:
+        fig = ax.figure
+    steps = [p["step"] for p in curve]
+    keys = [k for k in curve[0] if k.startswith("acc_")] if curve else []
+    for k in keys:
+        ax.plot(steps, [p[k] for p in curve], marker="o", ms=2.5, lw=1.2, label=k[4:])
+    ax.set_xlabel("training step (batch 64)")
+    ax.set_ylabel("accuracy (monitor set)")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=6, ncol=2, loc="lower right")
+    return fig
