@@ -25,6 +25,7 @@ vocabulary() -> list[str]               every word the world can emit
 render_image(color, shape, rng) -> np.ndarray   64x64x3 uint8
 dataset_checksum(samples) -> str        sha256 over the prompts and answers (images included)
 SPLITS, make_split(name, n)             the named held-out splits (identify, test, controls, capability)
+counterparts(sample) -> (image_only, text_only)   the two single-modality versions of a conflict sample
 
 Example::
 
@@ -34,6 +35,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -47,7 +49,7 @@ __all__ = [
     "COLORS", "SHAPES", "ATTRIBUTES", "CATEGORIES", "CONFLICT_CATEGORIES", "VARIANTS", "TRAIN_MIX",
     "INSTRUCTION_TEMPLATES", "HELDOUT_TEMPLATES", "Sample", "make_sample", "make_samples", "vocabulary",
     "render_image", "dataset_checksum", "IMAGE_SIZE", "TRAIN_SEED", "HELDOUT_SEEDS", "SPLITS", "make_split",
-    "DATASET_VERSION", "VARIANT_MIX",
+    "DATASET_VERSION", "VARIANT_MIX", "counterparts",
 ]
 
 IMAGE_SIZE = 64
@@ -352,6 +354,8 @@ SPLITS: dict[str, dict[str, object]] = {
     "test_instruction_last": {"seed": HELDOUT_SEEDS["test"] + 2, "categories": ("follow_image", "follow_text"), "variant": "instruction_last"},
     # capability retention (C7): general questions and agreeing samples
     "capability": {"seed": HELDOUT_SEEDS["test"] + 3, "categories": ("image_only", "text_only", "agree"), "variant": "standard"},
+    # a large pool of conflict samples from which the analyses keep the model's failures (C8, C10)
+    "fail_pool": {"seed": 4004, "categories": ("follow_image", "follow_text"), "variant": "standard"},
 }
 
 
@@ -362,3 +366,25 @@ def make_split(name: str, n: int) -> list[Sample]:
     spec = SPLITS[name]
     return make_samples(n, int(spec["seed"]), list(spec["categories"]), variant=str(spec["variant"]),  # type: ignore[arg-type, call-overload]
                         heldout_share=0.5)
+
+
+def counterparts(sample: Sample) -> tuple[Sample, Sample]:
+    """The image-only and text-only versions of a conflict sample: the same image (no context, no
+    instruction) and the same context with an empty image (no instruction). Used to find "arbitration
+    failures": failures on samples whose two answers the model knows separately."""
+    if sample.image_attrs is None or sample.text_attrs is None:
+        raise ValueError(f"sample {sample.index} of seed {sample.seed} ({sample.category}) lacks an image or a context")
+    q = sample.prompt.text("question") or ""
+    c = sample.prompt.text("constraint") or ""
+    ctx = sample.prompt.text("context") or ""
+    rng = np.random.default_rng([sample.seed, sample.index, 99])
+    blank = render_image(None, None, rng)
+    img_only = dataclasses.replace(
+        sample, category="image_only", prompt=Prompt((("image", ""), ("question", q), ("constraint", c)), sample.prompt.image),
+        answer=sample.image_attrs[sample.attribute], text_answer=None, other_answer=None, instructed=None, template=None,
+        heldout_template=False, text_attrs=None)
+    txt_only = dataclasses.replace(
+        sample, category="text_only", prompt=Prompt((("image", ""), ("context", ctx), ("question", q), ("constraint", c)), blank),
+        answer=sample.text_attrs[sample.attribute], image_answer=None, other_answer=None, instructed=None, template=None,
+        heldout_template=False, image_attrs=None)
+    return img_only, txt_only

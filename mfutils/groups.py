@@ -1,0 +1,253 @@
+"""Token groups: which positions of an encoded batch belong to the image, the context, the instruction, ...
+
+Groups are found from the character spans of each prompt segment in the rendered text (tokenizer offset
+mapping), never from hard-coded positions, and are per sample, since left padding shifts positions
+(design section 3). The same code serves the tiny model and every real architecture in ``mfutils.archs``.
+
+Public API
+----------
+encode(mm, prompts, answers=None) -> Encoded    render, process and find the token groups of a batch
+Encoded                 ``inputs`` (pass as ``mm.model(**enc.inputs)``), ``groups``, ``texts``
+TokenGroups             per-sample bool masks [B, T] for every name in ``mfutils.prompts.GROUP_NAMES``
+edge_block(groups, src, dst) -> BoolTensor[B, T, T]   the attention edges dst-query -> src-key to cut
+SegmentNotFoundError    a segment whose text is missing from the rendered prompt (or maps to no token)
+
+Example::
+
+    enc = encode(mm, prompts)
+    logits = mm.model(**enc.inputs).logits                       # [B, T, V]
+    block = edge_block(enc.groups, "image", "last")              # cut last -> image, for mfutils.hooks.knockout
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from .models import MLLM
+from .prompts import GROUP_NAMES, Prompt
+
+__all__ = ["encode", "Encoded", "TokenGroups", "edge_block", "SegmentNotFoundError"]
+
+# Marks the start of the user turn when a template is rendered to locate it (never part of a real prompt).
+_SENTINEL = "\x00"
+
+
+class SegmentNotFoundError(ValueError):
+    """A prompt segment that is not in the rendered text, or that no token covers."""
+
+
+@dataclass
+class TokenGroups:
+    """Per-sample token groups of a left-padded batch.
+
+    ``masks[name]``: BoolTensor [B, T] for every name in ``GROUP_NAMES`` (all False where a prompt lacks
+    the segment). ``pad``: BoolTensor [B, T], the padding. ``answer``: BoolTensor [B, T], the appended
+    answer tokens (teacher forcing; all False without answers); they belong to no group, not even ``other``.
+    Only ``last`` may overlap another group (when the prompt ends inside a segment).
+
+    Example::
+
+        g = enc.groups
+        g["image"].sum(-1)            # image tokens per sample, LongTensor [B]
+        g.union("context", "question")
+    """
+
+    masks: dict[str, torch.Tensor]
+    pad: torch.Tensor
+    answer: torch.Tensor
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        """BoolTensor [B, T] of group ``name``."""
+        if name not in self.masks:
+            raise KeyError(f"unknown token group {name!r}; groups are {list(self.masks)}")
+        return self.masks[name]
+
+    def union(self, *names: str) -> torch.Tensor:
+        """BoolTensor [B, T]: positions in any of ``names``."""
+        if not names:
+            raise ValueError("union() needs at least one group name")
+        out = self[names[0]].clone()
+        for n in names[1:]:
+            out |= self[n]
+        return out
+
+    def lengths(self, name: str) -> torch.Tensor:
+        """LongTensor [B]: the number of tokens of group ``name`` in each sample."""
+        return self[name].sum(-1)
+
+    def last_index(self) -> torch.Tensor:
+        """LongTensor [B]: the position that predicts the answer in each sample."""
+        return self["last"].long().argmax(-1)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(B, T)."""
+        return tuple(self.pad.shape)  # type: ignore[return-value]
+
+    def to(self, device: torch.device | str) -> TokenGroups:
+        """A copy with every mask on ``device``."""
+        return TokenGroups({k: v.to(device) for k, v in self.masks.items()}, self.pad.to(device),
+                           self.answer.to(device))
+
+    def subset(self, idx: Any) -> TokenGroups:
+        """The groups of the samples ``idx`` (int list, slice, LongTensor or BoolTensor [B]); T is kept."""
+        if isinstance(idx, int):
+            idx = [idx]
+        return TokenGroups({k: v[idx] for k, v in self.masks.items()}, self.pad[idx], self.answer[idx])
+
+
+@dataclass
+class Encoded:
+    """A processed batch: ``inputs`` (the full processor output, tensors), ``groups``, ``texts`` (rendered)."""
+
+    inputs: dict[str, torch.Tensor]
+    groups: TokenGroups
+    texts: list[str]
+
+    def to(self, device: torch.device | str) -> Encoded:
+        """A copy with inputs and groups on ``device``."""
+        return Encoded({k: v.to(device) for k, v in self.inputs.items()}, self.groups.to(device), self.texts)
+
+
+def edge_block(groups: TokenGroups, src: str | Sequence[str], dst: str | Sequence[str]) -> torch.Tensor:
+    """BoolTensor [B, T, T], True at [b, q, k] where query q is in ``dst`` and key k is in ``src``.
+
+    This is the knockout convention "src -> dst": information stops flowing from the ``src`` tokens into
+    the ``dst`` tokens, i.e. ``dst`` queries may not attend to ``src`` keys.
+
+    Example::
+
+        block = edge_block(enc.groups, "image", "instruction")   # instruction queries cannot see image keys
+        block = edge_block(enc.groups, ["context", "image"], "last")
+    """
+    s = groups.union(*([src] if isinstance(src, str) else src))
+    d = groups.union(*([dst] if isinstance(dst, str) else dst))
+    return d[:, :, None] & s[:, None, :]
+
+
+# ------------------------------------------------------------------------------------------------
+# Rendering
+# ------------------------------------------------------------------------------------------------
+def _chat_template(mm: MLLM) -> str | None:
+    return getattr(mm.processor, "chat_template", None) or None
+
+
+def _render_chat(mm: MLLM, content: list[dict[str, str]]) -> str:
+    out = mm.processor.apply_chat_template([{"role": "user", "content": content}],
+                                           add_generation_prompt=True, tokenize=False)
+    return out if isinstance(out, str) else out[0]
+
+
+def _render(mm: MLLM, prompt: Prompt) -> tuple[str, int]:
+    """The rendered text of ``prompt`` and the character where the user turn starts."""
+    if _chat_template(mm):
+        content = [{"type": "image"} if name == "image" else {"type": "text", "text": text}
+                   for name, text in prompt.segments]
+        return _render_chat(mm, content), _render_chat(mm, [{"type": "text", "text": _SENTINEL}]).index(_SENTINEL)
+    user = " ".join(mm.spec.image_placeholder if name == "image" else text for name, text in prompt.segments)
+    return mm.spec.template.format(user=user), mm.spec.template.format(user=_SENTINEL).index(_SENTINEL)
+
+
+def _segment_spans(mm: MLLM, prompt: Prompt, text: str, start: int, sample: int) -> dict[str, tuple[int, int]]:
+    """Character span of each segment in ``text``, searched in order from ``start``."""
+    spans: dict[str, tuple[int, int]] = {}
+    cursor = start
+    for name, seg in prompt.segments:
+        needle = mm.spec.image_token if name == "image" else seg
+        pos = text.find(needle, cursor) if needle else -1
+        if pos < 0:
+            raise SegmentNotFoundError(
+                f"segment {name!r} of sample {sample} ({needle!r}) not found in the rendered prompt after "
+                f"character {cursor}: {text!r}. Every segment must appear verbatim, non-empty and in order in "
+                "the rendered text; check the segment text and the chat template (processor.chat_template or "
+                "ArchSpec.template) that renders it."
+            )
+        spans[name] = (pos, pos + len(needle))
+        cursor = pos + len(needle)
+    return spans
+
+
+# ------------------------------------------------------------------------------------------------
+# Encoding
+# ------------------------------------------------------------------------------------------------
+def encode(mm: MLLM, prompts: Sequence[Prompt], answers: Sequence[str] | None = None) -> Encoded:
+    """Render, process (left padding) and find the token groups of a batch of prompts.
+
+    ``answers`` (one per prompt) are appended after a space for teacher forcing; ``last`` is still the
+    position that predicts the answer. ``enc.inputs`` holds every tensor the processor returns ([B, T]
+    ``input_ids`` and ``attention_mask``, pixel values, and e.g. Qwen's ``image_grid_thw``). Sets the
+    tokenizer's ``padding_side`` to ``"left"``.
+
+    Example::
+
+        enc = encode(mm, prompts, answers=["red", "star"])
+        out = mm.model(**enc.inputs)
+        out.logits[torch.arange(len(prompts)), enc.groups.last_index()]   # [B, V] answer logits
+    """
+    if answers is not None and len(answers) != len(prompts):
+        raise ValueError(f"got {len(answers)} answers for {len(prompts)} prompts")
+    rendered = [_render(mm, p) for p in prompts]
+    prompt_texts = [t for t, _ in rendered]
+    texts = prompt_texts if answers is None else [f"{t} {a}" for t, a in zip(prompt_texts, answers)]
+    mm.tokenizer.padding_side = "left"
+    batch = mm.processor(text=texts, images=[p.image for p in prompts], return_tensors="pt", padding=True)
+    inputs = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    ids, attn = inputs["input_ids"], inputs["attention_mask"].bool()
+    B, T = ids.shape
+    masks = {name: torch.zeros(B, T, dtype=torch.bool) for name in GROUP_NAMES}
+    answer = torch.zeros(B, T, dtype=torch.bool)
+    for b, (prompt, (prompt_text, user_start)) in enumerate(zip(prompts, rendered)):
+        spans = _segment_spans(mm, prompt, texts[b], user_start, b)
+        positions = attn[b].nonzero().squeeze(-1)            # left padding: the sample's tokens, in order
+        sample_ids = ids[b, positions]
+        is_image = sample_ids == mm.image_token_id
+        # the processor expands the one image token string into N copies: shift the spans after it
+        lo, hi = spans["image"]
+        shift = (int(is_image.sum()) - 1) * (hi - lo)
+        expanded = texts[b][:lo] + mm.spec.image_token * int(is_image.sum()) + texts[b][hi:]
+        starts, ends = _offsets(mm, expanded, sample_ids, b)
+        for name, (s_lo, s_hi) in spans.items():
+            if name == "image":
+                member = is_image
+            else:
+                delta = shift if s_lo >= hi else 0
+                last_char = ends - 1                          # zero-length tokens (BOS) belong to no segment
+                member = (ends > starts) & (last_char >= s_lo + delta) & (last_char < s_hi + delta)
+            if not member.any():
+                raise SegmentNotFoundError(
+                    f"segment {name!r} of sample {b} ({texts[b][s_lo:s_hi]!r}) maps to no token of the rendered "
+                    f"prompt {texts[b]!r}. Give the segment non-empty text that the tokenizer keeps."
+                )
+            masks[name][b, positions[member]] = True
+        prompt_end = len(prompt_text) + shift
+        last = int(((ends > starts) & (starts < prompt_end)).nonzero()[-1])
+        if int(ends[last]) > prompt_end:
+            raise ValueError(
+                f"sample {b}: the last prompt token {expanded[int(starts[last]):int(ends[last])]!r} runs into the "
+                "appended answer, so no position predicts the answer alone. Change the answer's leading text."
+            )
+        masks["last"][b, positions[last]] = True
+        if answers is not None:
+            answer[b, positions[last + 1:]] = True
+    grouped = answer.clone()
+    for name in GROUP_NAMES:
+        grouped |= masks[name]
+    masks["other"] = attn & ~grouped
+    return Encoded(inputs=inputs, groups=TokenGroups(masks, ~attn, answer), texts=texts)
+
+
+def _offsets(mm: MLLM, expanded: str, sample_ids: torch.Tensor, sample: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Character (start, end) of each token of ``expanded``, LongTensors [n_tokens], after checking that the
+    tokenizer reproduces the processor's ids ``sample_ids`` for it."""
+    tok = mm.tokenizer(expanded, return_offsets_mapping=True)
+    if tok["input_ids"] != sample_ids.tolist():
+        raise ValueError(
+            f"sample {sample}: tokenizing the image-expanded text does not reproduce the processor's input_ids "
+            f"({len(tok['input_ids'])} vs {len(sample_ids)} tokens) for {expanded!r}. Token groups rely on the "
+            "processor expanding the image token into N copies in place; check the processor and tokenizer."
+        )
+    offsets = torch.tensor(tok["offset_mapping"], dtype=torch.long).reshape(-1, 2)
+    return offsets[:, 0], offsets[:, 1]
