@@ -1,0 +1,66 @@
+"""Shared fixtures: tiny random MLLMs of every architecture (built once per session) and prompt batches."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import pytest
+
+from mfutils.models import MLLM, RANDOM_ARCHS, random_model
+from mfutils.prompts import Prompt
+
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+# The tiny models' vocabulary (passed explicitly, so these tests do not depend on mfutils.world).
+WORDS = tuple(
+    "the object is a an red green blue yellow purple star circle square cross diamond answer based on "
+    "image picture text what which color shape of ? . , in one word only please use describe".split()
+)
+
+
+def random_prompt(rng: np.random.Generator, n_words: int, with_constraint: bool = True) -> Prompt:
+    """A prompt with image, context, instruction, question (and constraint) segments of about ``n_words``."""
+
+    def words(n: int) -> str:
+        return " ".join(rng.choice(WORDS, size=max(1, n)))
+
+    segments = [("image", ""), ("context", words(n_words)), ("instruction", words(n_words - 1)),
+                ("question", words(n_words // 2))]
+    if with_constraint:
+        segments.append(("constraint", words(2)))
+    image = rng.integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
+    return Prompt(segments=tuple(segments), image=image)
+
+
+@pytest.fixture(scope="session")
+def tiny_models() -> Callable[[str, str], MLLM]:
+    """``get(arch, impl)``: the session's tiny random model of ``arch``, switched to ``impl`` attention."""
+    cache: dict[str, MLLM] = {}
+
+    def get(arch: str, impl: str = "sdpa") -> MLLM:
+        if arch not in cache:
+            cache[arch] = random_model(arch, words=WORDS, n_layers=4, seed=0)
+        cache[arch].set_attn_implementation(impl)
+        return cache[arch]
+
+    return get
+
+
+@pytest.fixture(params=[(a, i) for a in RANDOM_ARCHS for i in ATTN_IMPLEMENTATIONS], ids=lambda p: f"{p[0]}-{p[1]}")
+def mm(request: pytest.FixtureRequest, tiny_models: Callable[[str, str], MLLM]) -> MLLM:
+    """Every architecture under every attention implementation."""
+    arch, impl = request.param
+    return tiny_models(arch, impl)
+
+
+@pytest.fixture(params=RANDOM_ARCHS)
+def mm_arch(request: pytest.FixtureRequest, tiny_models: Callable[[str, str], MLLM]) -> MLLM:
+    """Every architecture, sdpa attention."""
+    return tiny_models(request.param, "sdpa")
+
+
+@pytest.fixture
+def prompts() -> list[Prompt]:
+    """Four prompts of different lengths (so the batch is left-padded); the last has no constraint."""
+    rng = np.random.default_rng(0)
+    return [random_prompt(rng, n, with_constraint=i < 3) for i, n in enumerate((7, 3, 5, 2))]

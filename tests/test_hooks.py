@@ -1,0 +1,260 @@
+"""Interventions: each equals a direct computation, does nothing when it should do nothing, and never leaks."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, ExitStack
+from typing import Any, Callable, Iterator
+
+import pytest
+import torch
+
+from mfutils.groups import Encoded, edge_block, encode
+from mfutils.hooks import (KnockoutError, active_hooks, capture, knockout, logit_lens, residual_stream,
+                           scale_heads)
+from mfutils.models import MLLM, RANDOM_ARCHS
+from mfutils.prompts import Prompt
+
+
+@pytest.fixture
+def enc(mm: MLLM, prompts: list[Prompt]) -> Encoded:
+    return encode(mm, prompts)
+
+
+@torch.no_grad()
+def logits(mm: MLLM, enc: Encoded, **kwargs: Any) -> torch.Tensor:
+    return mm.model(**enc.inputs, **kwargs).logits
+
+
+def all_layers(mm: MLLM) -> range:
+    return range(mm.n_layers)
+
+
+# ------------------------------------------------------------------------------------------------
+# Knockout
+# ------------------------------------------------------------------------------------------------
+def test_noop_interventions_are_bit_identical(mm: MLLM, enc: Encoded) -> None:
+    base = logits(mm, enc)
+    B, T = enc.groups.shape
+    with knockout(mm, torch.zeros(B, T, T, dtype=torch.bool), all_layers(mm)):
+        assert torch.equal(logits(mm, enc), base)
+    with scale_heads(mm, torch.ones(mm.n_layers, mm.n_heads)), scale_heads(mm, {(1, 2): 1.0}):
+        assert torch.equal(logits(mm, enc), base)
+    # a heads-restricted knockout of a block that is empty anyway
+    with knockout(mm, edge_block(enc.groups, "image", "last") & False, [0], heads=[1]):
+        assert torch.equal(logits(mm, enc), base)
+
+
+def test_knockout_changes_only_the_target(mm: MLLM, enc: Encoded) -> None:
+    g = enc.groups
+    base = logits(mm, enc)
+    with knockout(mm, edge_block(g, "image", "last"), all_layers(mm)):
+        cut = logits(mm, enc)
+    others = ~g["last"] & ~g.pad       # eager's padded query rows attend everywhere (uniformly): skip them
+    assert torch.equal(cut[others], base[others])
+    assert (cut[g["last"]] - base[g["last"]]).abs().amax(-1).gt(1e-4).all()
+    # a mid-prompt target: positions before it are untouched, its own logits change
+    with knockout(mm, edge_block(g, "context", "instruction"), all_layers(mm)):
+        cut = logits(mm, enc)
+    first = g["instruction"].long().argmax(-1)
+    for b in range(len(first)):
+        before = ~g.pad[b, : first[b]]
+        assert torch.equal(cut[b, : first[b]][before], base[b, : first[b]][before])
+    assert not torch.allclose(cut[g["instruction"]], base[g["instruction"]], atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", RANDOM_ARCHS)
+def test_knockout_zeroes_attention_on_cut_edges(tiny_models: Callable[[str, str], MLLM], arch: str,
+                                                prompts: list[Prompt]) -> None:
+    mm = tiny_models(arch, "eager")
+    enc = encode(mm, prompts)
+    block = edge_block(enc.groups, "image", ["instruction", "last"])
+    edges = block[:, None].expand(-1, mm.n_heads, -1, -1)
+    with torch.no_grad():
+        base = mm.model(**enc.inputs, output_attentions=True).attentions
+        with knockout(mm, block, layers=[1, 2]):
+            att = mm.model(**enc.inputs, output_attentions=True).attentions
+    assert torch.equal(att[0], base[0])
+    for layer in (1, 2):
+        assert att[layer][edges].eq(0).all()
+        assert att[layer][~edges].ne(base[layer][~edges]).any()
+    for layer in (0, 3):
+        assert att[layer][edges].gt(0).all()
+
+
+def test_eager_and_sdpa_agree_under_knockout(tiny_models: Callable[[str, str], MLLM],
+                                             prompts: list[Prompt]) -> None:
+    for arch in RANDOM_ARCHS:
+        # the full batch (padding: a bool mask under sdpa) and one prompt (sdpa passes no mask at all)
+        for batch in (prompts, prompts[:1]):
+            results = []
+            for impl in ("sdpa", "eager"):
+                mm = tiny_models(arch, impl)
+                enc = encode(mm, batch)
+                with knockout(mm, edge_block(enc.groups, ["image", "context"], ["question", "last"]), [0, 2]):
+                    results.append(logits(mm, enc)[~enc.groups.pad])
+            base = logits(mm, enc)[~enc.groups.pad]
+            assert (results[0] - results[1]).abs().max() <= 1e-4, arch
+            assert (results[0] - base).abs().max() > 1e-3, arch
+
+
+def test_knockout_heads(mm: MLLM, enc: Encoded) -> None:
+    block = edge_block(enc.groups, ["image", "context"], "last")
+    layers = [0, 1]
+    with knockout(mm, block, layers):
+        plain = logits(mm, enc)
+    with knockout(mm, block, layers, heads=range(mm.n_heads)):
+        every = logits(mm, enc)
+    with knockout(mm, block, layers, heads=[0, 2]):
+        some = logits(mm, enc)
+    assert torch.allclose(every, plain, atol=1e-6, rtol=0)
+    last = enc.groups["last"]
+    assert (some[last] - plain[last]).abs().max() > 1e-4
+    assert (some[last] - logits(mm, enc)[last]).abs().max() > 1e-4
+
+
+def test_knockout_stranded_query_raises(mm: MLLM, enc: Encoded) -> None:
+    B, T = enc.groups.shape
+    block = torch.zeros(B, T, T, dtype=torch.bool)
+    block[2, enc.groups.last_index()[2], :] = True          # the last token of sample 2 loses every key
+    n = active_hooks(mm)
+    with pytest.raises(KnockoutError, match=rf"query position {T - 1} of sample 2 .*layer 1.*itself"):
+        with knockout(mm, block, [1, 3]):
+            logits(mm, enc)
+    with pytest.raises(KnockoutError, match=r"sample 2 .*head 3"):
+        with knockout(mm, block, [0], heads=[3]):
+            logits(mm, enc)
+    assert active_hooks(mm) == n
+
+
+def test_knockout_rejects_bad_arguments(mm: MLLM, enc: Encoded, monkeypatch: pytest.MonkeyPatch) -> None:
+    block = edge_block(enc.groups, "image", "last")
+    with pytest.raises(ValueError, match="BoolTensor"):
+        knockout(mm, block.float(), [0]).__enter__()
+    with pytest.raises(ValueError, match="out of range"):
+        knockout(mm, block, [mm.n_layers]).__enter__()
+    with pytest.raises(ValueError, match="heads"):
+        knockout(mm, block, [0], heads=[mm.n_heads]).__enter__()
+    with pytest.raises(ValueError, match="covers 3 samples"), knockout(mm, block[:3], [0]):
+        logits(mm, enc)
+    monkeypatch.setattr(mm.text_config, "_attn_implementation", "flash_attention_2")
+    with pytest.raises(ValueError, match="flash_attention_2"):
+        knockout(mm, block, [0]).__enter__()
+
+
+# ------------------------------------------------------------------------------------------------
+# Head scaling
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 2.5])
+def test_scale_heads_equals_weight_edit(mm: MLLM, enc: Encoded, alpha: float) -> None:
+    layer, head, hd = 1, 2, mm.head_dim
+    with scale_heads(mm, {(layer, head): alpha}):
+        hooked = logits(mm, enc)
+    weight = mm.o_proj(layer).weight
+    saved = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight[:, head * hd:(head + 1) * hd] *= alpha
+        edited = logits(mm, enc)
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)
+    assert torch.allclose(hooked, edited, atol=1e-5, rtol=0)
+    assert (hooked - logits(mm, enc)).abs().max() > 1e-4
+
+
+def test_scale_heads_at_positions(mm: MLLM, enc: Encoded) -> None:
+    g = enc.groups
+    positions = g.union("question", "last")
+    base = logits(mm, enc)
+    with scale_heads(mm, {(0, 1): 0.0, (2, 3): 2.5}, positions=positions):
+        scaled = logits(mm, enc)
+    first = positions.long().argmax(-1)
+    for b in range(len(first)):   # eager's padded query rows attend everywhere (uniformly): skip them
+        before = ~g.pad[b, : first[b]]
+        assert torch.equal(scaled[b, : first[b]][before], base[b, : first[b]][before])
+    assert (scaled[positions] - base[positions]).abs().amax(-1).gt(1e-4).all()
+
+
+def test_blocking_every_head_removes_attention(mm: MLLM, enc: Encoded) -> None:
+    layer = 2
+
+    def zero_attention(module: torch.nn.Module, args: Any, output: Any) -> Any:
+        return (torch.zeros_like(output[0]), *output[1:])
+
+    handle = mm.attn(layer).register_forward_hook(zero_attention)
+    try:
+        removed = logits(mm, enc)
+    finally:
+        handle.remove()
+    alphas = torch.ones(mm.n_layers, mm.n_heads)
+    alphas[layer] = 0
+    with scale_heads(mm, alphas):
+        blocked = logits(mm, enc)
+    assert torch.equal(blocked, removed)
+
+
+def test_scale_heads_rejects_bad_arguments(mm: MLLM) -> None:
+    with pytest.raises(ValueError, match="out of range"):
+        scale_heads(mm, {(0, mm.n_heads): 0.0}).__enter__()
+    with pytest.raises(ValueError, match="shape"):
+        scale_heads(mm, torch.ones(mm.n_layers, mm.n_heads + 1)).__enter__()
+
+
+# ------------------------------------------------------------------------------------------------
+# Capture, residual stream, logit lens
+# ------------------------------------------------------------------------------------------------
+def test_capture_decomposes_the_residual_stream(mm: MLLM, enc: Encoded) -> None:
+    L = mm.n_layers
+    with torch.no_grad(), capture(mm, ("attn", "mlp", "resid")) as cap:
+        out = mm.model(**enc.inputs, output_hidden_states=True)
+    hidden = out.hidden_states
+    assert len(hidden) == L + 1 and sorted(cap.attn) == sorted(cap.mlp) == list(range(L))
+    recon = hidden[0] + sum(cap.attn[l] + cap.mlp[l] for l in range(L))
+    assert torch.allclose(recon, cap.resid[L], atol=1e-4, rtol=0)
+    # transformers 5 returns the final-normed state as hidden_states[-1]; the others are un-normed
+    assert torch.equal(hidden[-1], mm.final_norm(cap.resid[L]))
+    resid = residual_stream(mm, enc)
+    assert resid.shape == (L + 1, *enc.groups.shape, mm.hidden_size)
+    for l in range(L):
+        assert torch.equal(resid[l], hidden[l])
+    with torch.no_grad():
+        assert torch.allclose(logit_lens(mm, resid[-1]), out.logits, atol=1e-5, rtol=0)
+        assert logit_lens(mm, resid).shape == (L + 1, *out.logits.shape)
+
+
+def test_capture_rejects_unknown_parts(mm: MLLM) -> None:
+    with pytest.raises(ValueError, match="cannot capture"):
+        capture(mm, ("attn", "heads")).__enter__()
+
+
+# ------------------------------------------------------------------------------------------------
+# No leaks
+# ------------------------------------------------------------------------------------------------
+def contexts(mm: MLLM, enc: Encoded) -> Iterator[tuple[str, Callable[[], AbstractContextManager[Any]]]]:
+    block = edge_block(enc.groups, "image", "last")
+    yield "knockout", lambda: knockout(mm, block, all_layers(mm))
+    yield "knockout-heads", lambda: knockout(mm, block, [1], heads=[0])
+    yield "scale_heads", lambda: scale_heads(mm, {(0, 0): 0.0, (3, 1): 2.0}, positions=enc.groups["last"])
+    yield "capture", lambda: capture(mm, ("attn", "mlp", "resid"))
+
+
+def test_no_hook_left_after_exception(mm: MLLM, enc: Encoded) -> None:
+    n = active_hooks(mm)
+    for name, make in contexts(mm, enc):
+        with pytest.raises(RuntimeError, match="boom"), make():
+            assert active_hooks(mm) > n, name
+            logits(mm, enc)
+            raise RuntimeError("boom")
+        assert active_hooks(mm) == n, name
+    # all of them nested, failing inside the innermost forward
+    with pytest.raises(RuntimeError, match="inner"), ExitStack() as stack:
+        for _, make in contexts(mm, enc):
+            stack.enter_context(make())
+
+        def fail(module: torch.nn.Module, args: Any) -> None:
+            raise RuntimeError("inner")
+
+        stack.callback(mm.mlp(3).register_forward_pre_hook(fail).remove)
+        logits(mm, enc)
+    assert active_hooks(mm) == n
+
