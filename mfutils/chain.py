@@ -42,6 +42,13 @@ PLANNED: tuple[tuple[str, str], ...] = (
 )
 
 
+def _rel(p: Path) -> str:
+    try:
+        return str(p.relative_to(repo_root()))
+    except ValueError:
+        return str(p)
+
+
 def built_notebooks() -> list[Path]:
     return sorted(p for p in notebooks_dir().glob("[0-9][0-9]_*.ipynb") if ".ipynb_checkpoints" not in p.parts)
 
@@ -78,7 +85,7 @@ def run_chain(model: str = "tiny", smoke: bool = False, only: Sequence[str] | No
     timings: dict[str, float] = {}
     for nb in nbs:
         dst = out_dir / nb.name
-        print(f"\n==> {nb.name}  (model={model}, smoke={smoke}, kernel={kernel}) -> {dst.relative_to(repo_root())}", flush=True)
+        print(f"\n==> {nb.name}  (model={model}, smoke={smoke}, kernel={kernel}) -> {_rel(dst)}", flush=True)
         t0 = time.time()
         try:
             pm.execute_notebook(str(nb), str(dst), parameters={"model": model, "smoke": bool(smoke)},
@@ -92,7 +99,7 @@ def run_chain(model: str = "tiny", smoke: bool = False, only: Sequence[str] | No
     (out_dir / "chain_timings.json").write_text(json.dumps({"model": model, "smoke": smoke, "seconds": timings}, indent=1))
     built = {p.stem for p in built_notebooks()}
     missing = [s for s, _ in PLANNED if s not in built]
-    print(f"\nran {len(timings)} notebook(s) in {sum(timings.values()):.0f} s; executed copies in {out_dir.relative_to(repo_root())}")
+    print(f"\nran {len(timings)} notebook(s) in {sum(timings.values()):.0f} s; executed copies in {_rel(out_dir)}")
     if missing:
         print("NOT BUILT YET (nothing was run or reported for them): " + ", ".join(missing))
     try:
@@ -101,5 +108,5 @@ def run_chain(model: str = "tiny", smoke: bool = False, only: Sequence[str] | No
         print("paper/REPORT.md was NOT written: the claims report (mfutils.report) is not built yet.")
     else:
         path = write_report(model)
-        print(f"wrote {path.relative_to(repo_root())}")
+        print(f"wrote {_rel(path)}")
     return 0

@@ -10,6 +10,7 @@ encode(mm, prompts, answers=None) -> Encoded    render, process and find the tok
 Encoded                 ``inputs`` (pass as ``mm.model(**enc.inputs)``), ``groups``, ``texts``
 TokenGroups             per-sample bool masks [B, T] for every name in ``mfutils.prompts.GROUP_NAMES``
 edge_block(groups, src, dst) -> BoolTensor[B, T, T]   the attention edges dst-query -> src-key to cut
+render_prompt(mm, prompt) -> str                     the rendered text (what training and evaluation feed)
 SegmentNotFoundError    a segment whose text is missing from the rendered prompt (or maps to no token)
 
 Example::
@@ -29,7 +30,7 @@ import torch
 from .models import MLLM
 from .prompts import GROUP_NAMES, Prompt
 
-__all__ = ["encode", "Encoded", "TokenGroups", "edge_block", "SegmentNotFoundError"]
+__all__ = ["encode", "Encoded", "TokenGroups", "edge_block", "SegmentNotFoundError", "render_prompt"]
 
 # Marks the start of the user turn when a template is rendered to locate it (never part of a real prompt).
 _SENTINEL = "\x00"
@@ -149,6 +150,11 @@ def _render(mm: MLLM, prompt: Prompt) -> tuple[str, int]:
         return _render_chat(mm, content), _render_chat(mm, [{"type": "text", "text": _SENTINEL}]).index(_SENTINEL)
     user = " ".join(mm.spec.image_placeholder if name == "image" else text for name, text in prompt.segments)
     return mm.spec.template.format(user=user), mm.spec.template.format(user=_SENTINEL).index(_SENTINEL)
+
+
+def render_prompt(mm: MLLM, prompt: Prompt) -> str:
+    """The full prompt text of ``prompt`` in ``mm``'s chat template (one image placeholder, no answer)."""
+    return _render(mm, prompt)[0]
 
 
 def _segment_spans(mm: MLLM, prompt: Prompt, text: str, start: int, sample: int) -> dict[str, tuple[int, int]]:

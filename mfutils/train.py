@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .groups import render_prompt
 from .models import MLLM, build_processor, build_word_tokenizer
 from .archs import ARCHS
 from .world import IMAGE_SIZE, TRAIN_SEED, Sample, make_samples, vocabulary
@@ -70,8 +71,7 @@ class TrainConfig:
 
 def render_text(mm: MLLM, sample: Sample, with_answer: bool) -> str:
     """The full prompt text of a sample in ``mm``'s template (one image placeholder), optionally + answer."""
-    user = " ".join(mm.spec.image_placeholder if n == "image" else t for n, t in sample.prompt.segments)
-    text = mm.spec.template.format(user=user)
+    text = render_prompt(mm, sample.prompt)
     return f"{text} {sample.answer}" if with_answer else text
 
 
@@ -186,6 +186,7 @@ def train(cfg: TrainConfig, out_dir: Path, *, eval_n: int = 256, command: str = 
         "train_mix": __import__("mfutils.world", fromlist=["TRAIN_MIX"]).TRAIN_MIX,
         "variant_mix": __import__("mfutils.world", fromlist=["VARIANT_MIX"]).VARIANT_MIX,
         "curve": curve,
+        "loss_curve": [round(x, 4) for x in running],
         "wall_time_s": round(wall, 1),
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "torch_threads": torch.get_num_threads(), "torch": torch.__version__},

@@ -1,0 +1,837 @@
+"""Attention heads that arbitrate between modalities: scores, blocking, amplification, retention (C5-C9).
+
+The analyses of notebooks 03-06 (design sections 1, 4, 5). Computation only; the figures live in
+``mfutils.plots_heads``. Definitions marked (ours) are our reconstruction: the paper (arXiv 2602.03677)
+publishes only its abstract.
+
+- **Head score** (ours, within design section 5): the mean drop of the instructed margin
+  (``metrics.margins``, binary constraint) when one head alone is blocked (alpha = 0) at the answer
+  position, over the samples the model follows correctly. Positive: the head supports following.
+- **Attribution score**: the first-order (gradient x activation) estimate of the same drop,
+  ``a_h . dm/da_h`` at the answer position, where ``a_h`` is the head's slice of the ``o_proj`` input.
+  Blocking moves ``a_h`` by ``-a_h``, so the margin changes by about ``-(a_h . dm/da_h)``; the *drop*
+  is its negative. Both scores share one sign convention.
+- **Identified heads**: the top ``share`` (5%) of all heads by the exhaustive score,
+  ``k = max(1, round(share * L * H))``.
+- **MFR**: share of conflict samples answered with the instructed modality's answer
+  (``metrics.follows``); on non-conflict samples the same test is plain accuracy.
+
+Public API
+----------
+Prepared, prepare(mm, samples, batch_size=64) -> Prepared     encode once, reuse across interventions
+mfr(mm, samples, heads=None, alpha=0.0, positions="all", batch_size=64) -> BoolTensor[N]
+block_summary(samples, flags) -> {"all", "follow_image", "follow_text": proportion dict}
+head_scores_exhaustive(mm, samples, batch_size=64, progress=True, per_sample=False) -> FloatTensor[L, H]
+head_score_reference(mm, samples, head) -> float        slow unbatched reference (one sample per forward)
+head_scores_attribution(mm, samples, batch_size=64, progress=True) -> FloatTensor[L, H]
+n_top(n_layers, n_heads, share) -> int                   k = max(1, round(share * L * H))
+top_heads(scores, share=0.05) -> list[(layer, head)]     highest first
+rank_agreement(a, b, share=0.05) -> {"spearman", "top_overlap"}
+random_head_sets(n_layers, n_heads, k, n_sets, seed, exclude=None) -> list[list[(layer, head)]]
+relative_drop(base, blocked, n_boot=1000, seed=0) -> {"mean", "lo", "hi", "n"}   paired bootstrap
+spread(values) -> {"mean", "sd"}                          over finite values (sd with ddof=1)
+identification_doc(model_name, exhaustive, attribution, share, n_identify) -> dict   03 JSON
+block_experiment(mm, samples, scores, ...) -> dict        04 JSON
+split_pool(mm, pool, max_failed, max_correct) -> (failed, correct)
+amplification_experiment(mm, failed, correct, heads, ...) -> dict   05 JSON
+capability_experiment(mm, samples, heads, ...) -> dict    06 JSON
+save_json(doc, model_name, name) -> Path                  results/<model>/<name>.json (NaN -> null)
+load_json(model_name, name) -> dict
+load_identification(model_name, mm=None) -> dict         03's JSON with tensors; "run 03 first" if missing
+fast_path_status(model_name) -> str                       "kv-cache" or why exhaustive scoring used full forwards
+
+Example::
+
+    ok = mfr(mm, samples)                                          # BoolTensor [N]
+    ident = [s for s, f in zip(samples, ok) if f]
+    scores = head_scores_exhaustive(mm, ident)                     # [L, H]
+    blocked = mfr(mm, samples, heads=top_heads(scores), alpha=0.0)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .groups import Encoded, encode
+from .hooks import scale_heads
+from .metrics import Targets, answer_logits, follows, margins, targets_for
+from .models import MLLM
+from .paths import results_dir
+from .stats import proportion
+from .world import Sample, counterparts
+
+__all__ = [
+    "Head", "Prepared", "prepare", "mfr", "block_summary", "head_scores_exhaustive", "head_score_reference",
+    "head_scores_attribution", "n_top", "top_heads", "rank_agreement", "random_head_sets", "relative_drop",
+    "spread", "identification_doc", "block_experiment", "split_pool", "amplification_experiment",
+    "capability_experiment", "save_json", "load_json", "load_identification", "INSTRUCTIONS", "SHARES",
+    "ALPHAS", "fast_path_status",
+]
+
+Head = tuple[int, int]
+INSTRUCTIONS = ("all", "follow_image", "follow_text")
+SHARES = (0.01, 0.02, 0.05, 0.1)
+ALPHAS = (1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
+_POSITIONS = ("all", "last")
+
+
+# ------------------------------------------------------------------------------------------------
+# Encoded batches, reused across interventions
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class _Batch:
+    index: list[int]          # positions of the batch's samples in the original list
+    enc: Encoded
+    targets: Targets
+
+
+@dataclass
+class Prepared:
+    """Samples encoded once, in batches of similar length (less padding); results keep the input order.
+
+    Example::
+
+        data = prepare(mm, samples, batch_size=64)
+        mfr(mm, data); mfr(mm, data, heads=[(3, 1)])      # no re-encoding
+    """
+
+    samples: list[Sample]
+    batches: list[_Batch]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
+def _length_key(sample: Sample) -> int:
+    return sum(len(text) for _, text in sample.prompt.segments)
+
+
+def _encode_batch(mm: MLLM, samples: Sequence[Sample], index: list[int]) -> _Batch:
+    chunk = [samples[i] for i in index]
+    enc = encode(mm, [s.prompt for s in chunk]).to(mm.device)
+    return _Batch(index=index, enc=enc, targets=targets_for(mm, chunk))
+
+
+def _chunks(samples: Sequence[Sample], batch_size: int) -> list[list[int]]:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = sorted(range(len(samples)), key=lambda i: _length_key(samples[i]))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def prepare(mm: MLLM, samples: Sequence[Sample] | Prepared, batch_size: int = 64) -> Prepared:
+    """Encode ``samples`` once (token groups, targets) in batches of ``batch_size`` sorted by length.
+
+    Passing a ``Prepared`` returns it unchanged. Example: ``data = prepare(mm, load_split("tiny", "test"))``.
+    """
+    if isinstance(samples, Prepared):
+        return samples
+    samples = list(samples)
+    return Prepared(samples, [_encode_batch(mm, samples, idx) for idx in _chunks(samples, batch_size)])
+
+
+def _batches(mm: MLLM, samples: Sequence[Sample] | Prepared, batch_size: int) -> Iterator[_Batch]:
+    """The batches of ``samples``: stored ones for a ``Prepared``, encoded on the fly otherwise."""
+    if isinstance(samples, Prepared):
+        yield from samples.batches
+        return
+    for idx in _chunks(samples, batch_size):
+        yield _encode_batch(mm, samples, idx)
+
+
+def _samples_of(samples: Sequence[Sample] | Prepared) -> list[Sample]:
+    return samples.samples if isinstance(samples, Prepared) else list(samples)
+
+
+def _check_heads(mm: MLLM, heads: Sequence[Head]) -> list[Head]:
+    out = [(int(l), int(h)) for l, h in heads]
+    bad = [x for x in out if not (0 <= x[0] < mm.n_layers and 0 <= x[1] < mm.n_heads)]
+    if bad:
+        raise ValueError(f"heads {bad} out of range: the model has {mm.n_layers} layers x {mm.n_heads} heads")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Modality-following ratio under head scaling
+# ------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def mfr(mm: MLLM, samples: Sequence[Sample] | Prepared, heads: Sequence[Head] | None = None, alpha: float = 0.0,
+        positions: str = "all", batch_size: int = 64) -> torch.Tensor:
+    """Per-sample "follows the instruction" flags, BoolTensor [N] (input order), with ``heads`` scaled by ``alpha``.
+
+    ``heads``: [(layer, head), ...]; None or empty = the unmodified model. ``alpha``: 0 blocks, >1
+    amplifies. ``positions``: ``"all"`` scales the heads at every position, ``"last"`` at the answer
+    position only. On non-conflict samples the flag is plain correctness (argmax over the candidates is
+    the answer). The rate is ``flags.float().mean()``; see ``block_summary`` for intervals.
+
+    Example::
+
+        base = mfr(mm, samples)
+        blocked = mfr(mm, samples, heads=[(5, 2), (6, 0)], alpha=0.0)
+    """
+    if positions not in _POSITIONS:
+        raise ValueError(f"positions must be one of {_POSITIONS}, got {positions!r}")
+    alphas = {h: float(alpha) for h in _check_heads(mm, heads or [])}
+    out = torch.zeros(len(_samples_of(samples)), dtype=torch.bool)
+    for batch in _batches(mm, samples, batch_size):
+        pos = None if positions == "all" else batch.enc.groups["last"]
+        with scale_heads(mm, alphas, positions=pos):
+            logits = answer_logits(mm, batch.enc)
+        out[batch.index] = follows(logits, batch.targets).cpu()
+    return out
+
+
+def block_summary(samples: Sequence[Sample] | Prepared, flags: torch.Tensor | np.ndarray | Sequence[bool]
+                  ) -> dict[str, dict[str, float]]:
+    """Proportion dicts (``stats.proportion``) of ``flags`` [N] overall and per instruction.
+
+    Keys ``"all"``, ``"follow_image"``, ``"follow_text"``; an empty subset gives n = 0 and NaN rates.
+
+    Example::
+
+        block_summary(samples, mfr(mm, samples))["follow_image"]["rate"]
+    """
+    x = np.asarray(flags, dtype=bool)
+    cats = np.array([s.category for s in _samples_of(samples)])
+    if x.shape != cats.shape:
+        raise ValueError(f"{x.size} flags for {cats.size} samples")
+    return {"all": proportion(x), **{c: proportion(x[cats == c]) for c in INSTRUCTIONS[1:]}}
+
+
+# ------------------------------------------------------------------------------------------------
+# Head scores: exhaustive (one forward per head) and attribution patching (one forward + backward)
+# ------------------------------------------------------------------------------------------------
+_FAST_PATH_STATUS: dict[str, str] = {}
+_FAST_PATH_BROKEN: set[int] = set()     # id(model) whose decoding step raised: skip the shortcut from then on
+
+
+def _step_inputs(inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    step = {k: inputs[k][:, -1:] for k in ("input_ids", "mm_token_type_ids", "token_type_ids") if k in inputs}
+    step["attention_mask"] = inputs["attention_mask"]
+    return step
+
+
+@contextmanager
+def _cropped(cache: Any) -> Iterator[None]:
+    """Drop the one position a decoding step appends to ``cache``, also when the step raises."""
+    try:
+        yield
+    finally:
+        cache.crop(-1)
+
+
+def _last_position_logits(mm: MLLM, batch: _Batch, interventions: Sequence[Mapping[Head, float]]
+                          ) -> Iterator[torch.Tensor]:
+    """Answer logits [B, V] of ``batch`` under each intervention (heads scaled at the answer position only).
+
+    Scaling at the answer position leaves every earlier position untouched, so the keys and values of the
+    prompt without its last token are shared: one prefix forward fills a KV cache, then each intervention
+    runs one token (``design.md`` section 4, prefix reuse). The shortcut is verified on every batch
+    against a full forward (max |difference| <= 1e-4 of the logit scale); where it fails (an architecture
+    whose decoding step differs, e.g. Qwen's M-RoPE in transformers 5.23), full forwards are used.
+    """
+    enc = batch.enc
+    B, T = enc.inputs["input_ids"].shape
+    full = answer_logits(mm, enc).float()
+    fast = bool((enc.groups.last_index() == T - 1).all()) and T > 1 and id(mm.model) not in _FAST_PATH_BROKEN
+    cache = None
+    if fast:
+        try:
+            prefix = {k: (v[:, :-1] if k in ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
+                          else v) for k, v in enc.inputs.items()}
+            cache = mm.model(**prefix, use_cache=True, logits_to_keep=1).past_key_values
+            step = _step_inputs(enc.inputs)
+            with _cropped(cache):
+                check = mm.model(**step, past_key_values=cache, use_cache=True).logits[:, -1].float()
+            tol = 1e-4 * max(1.0, float(full.abs().max()))
+            fast = bool((check - full).abs().max() <= tol)
+            if not fast:
+                _FAST_PATH_STATUS[mm.name] = f"full forwards (KV-cache step differs by {float((check - full).abs().max()):.2e})"
+        except (RuntimeError, ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
+            fast = False
+            _FAST_PATH_BROKEN.add(id(mm.model))
+            _FAST_PATH_STATUS[mm.name] = f"full forwards ({type(exc).__name__}: {str(exc)[:100]})"
+    if fast:
+        _FAST_PATH_STATUS[mm.name] = "kv-cache"
+    for alphas in interventions:
+        if not alphas or all(a == 1.0 for a in alphas.values()):
+            yield check if fast else full
+        elif fast:
+            with scale_heads(mm, alphas), _cropped(cache):   # closed before the yield: no hook outlives a step
+                out = mm.model(**step, past_key_values=cache, use_cache=True).logits[:, -1].float()
+            yield out
+        else:
+            with scale_heads(mm, alphas, positions=enc.groups["last"]):
+                out = answer_logits(mm, enc).float()
+            yield out
+
+
+def _all_heads(mm: MLLM) -> list[Head]:
+    return [(l, h) for l in range(mm.n_layers) for h in range(mm.n_heads)]
+
+
+@torch.no_grad()
+def head_scores_exhaustive(mm: MLLM, samples: Sequence[Sample] | Prepared, batch_size: int = 64,
+                           progress: bool = True, per_sample: bool = False) -> torch.Tensor:
+    """Head scores by exhaustive blocking: FloatTensor [L, H] (or [N, L, H] with ``per_sample``).
+
+    score[l, h] = mean over ``samples`` of m - m', where m is the instructed margin (``metrics.margins``,
+    binary constraint) and m' the margin with head (l, h) alone blocked (alpha = 0) at the answer position.
+    Pass the samples the model follows correctly (the identification set); no samples give NaN scores.
+    One forward per head per batch (one token each where the KV-cache shortcut verifies, see
+    ``_last_position_logits``).
+
+    Example::
+
+        ok = mfr(mm, samples); ident = [s for s, f in zip(samples, ok) if f]
+        scores = head_scores_exhaustive(mm, ident)          # [L, H]; top_heads(scores) -> identified
+    """
+    heads = _all_heads(mm)
+    n = len(_samples_of(samples))
+    drops = torch.full((n, mm.n_layers, mm.n_heads), math.nan, dtype=torch.float64)
+    batches = list(_chunks(_samples_of(samples), batch_size)) if not isinstance(samples, Prepared) else None
+    total = len(samples.batches) if isinstance(samples, Prepared) else len(batches or [])
+    bar = tqdm(total=total * len(heads), desc="exhaustive head scores", disable=not progress)
+    try:
+        for batch in _batches(mm, samples, batch_size):
+            interventions: list[Mapping[Head, float]] = [{}] + [{hd: 0.0} for hd in heads]
+            logits = _last_position_logits(mm, batch, interventions)
+            m0 = margins(next(logits), batch.targets).double().cpu()
+            for (l, h), lg in zip(heads, logits):
+                drops[batch.index, l, h] = m0 - margins(lg, batch.targets).double().cpu()
+                bar.update(1)
+    finally:
+        bar.close()
+    if per_sample:
+        return drops.float()
+    return drops.mean(0).float() if n else torch.full((mm.n_layers, mm.n_heads), math.nan)
+
+
+@torch.no_grad()
+def head_score_reference(mm: MLLM, samples: Sequence[Sample], head: Head) -> float:
+    """The exhaustive score of one head computed the slow way, for checks: one sample per forward (no
+    padding, no KV cache), the head blocked at that sample's answer position with ``hooks.scale_heads``.
+
+    Example::
+
+        assert abs(head_score_reference(mm, ident, (3, 1)) - float(scores[3, 1])) < 1e-4
+    """
+    (layer, h), = _check_heads(mm, [head])
+    drops = []
+    for s in samples:
+        enc = encode(mm, [s.prompt]).to(mm.device)
+        t = targets_for(mm, [s])
+        m0 = margins(answer_logits(mm, enc), t)
+        with scale_heads(mm, {(layer, h): 0.0}, positions=enc.groups["last"]):
+            m1 = margins(answer_logits(mm, enc), t)
+        drops.append(float(m0 - m1))
+    return float(np.mean(drops)) if drops else math.nan
+
+
+@contextmanager
+def _o_proj_inputs(mm: MLLM) -> Iterator[dict[int, torch.Tensor]]:
+    """Capture every layer's ``o_proj`` input [B, T, H * head_dim] as a tensor that gradients reach.
+
+    Forward pre-hooks; where the input does not require grad (frozen weights, first layer) it is replaced
+    by an identical leaf that does, so ``torch.autograd.grad`` can differentiate with respect to it. The
+    hooks are removed on exit, newest first, also when the body raises.
+    """
+    store: dict[int, torch.Tensor] = {}
+    handles: list[Any] = []
+
+    def make(layer: int) -> Any:
+        def hook(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+            x = args[0]
+            if x.requires_grad:
+                x.retain_grad()
+                store[layer] = x
+                return None
+            leaf = x.detach().requires_grad_(True)
+            store[layer] = leaf
+            return (leaf, *args[1:])
+
+        return hook
+
+    try:
+        for l in range(mm.n_layers):
+            handles.append(mm.o_proj(l).register_forward_pre_hook(make(l)))
+        yield store
+    finally:
+        for handle in reversed(handles):
+            handle.remove()
+
+
+def head_scores_attribution(mm: MLLM, samples: Sequence[Sample] | Prepared, batch_size: int = 64,
+                            progress: bool = True) -> torch.Tensor:
+    """Head scores by attribution patching (gradient x activation): FloatTensor [L, H].
+
+    score[l, h] = mean over samples of a_h . dm/da_h at the answer position, where a_h is head h's slice
+    of layer l's ``o_proj`` input and m the instructed margin: the first-order estimate of the drop
+    m - m' that ``head_scores_exhaustive`` measures (blocking changes the margin by about -(a_h . dm/da_h)).
+    One forward and one backward per batch for all heads; weights get no ``.grad``.
+
+    Example::
+
+        attr = head_scores_attribution(mm, ident)          # [L, H]
+        rank_agreement(scores, attr)["spearman"]
+    """
+    L, H, hd = mm.n_layers, mm.n_heads, mm.head_dim
+    n = len(_samples_of(samples))
+    total = torch.zeros(L, H, dtype=torch.float64)
+    for batch in tqdm(list(_batches(mm, samples, batch_size)) if not isinstance(samples, Prepared)
+                      else samples.batches, desc="attribution head scores", disable=not progress):
+        with torch.enable_grad(), _o_proj_inputs(mm) as acts:
+            m = margins(answer_logits(mm, batch.enc), batch.targets)
+            inputs = [acts[l] for l in range(L)]
+            grads = torch.autograd.grad(m.sum(), inputs, allow_unused=True)
+        rows = torch.arange(m.shape[0], device=m.device)
+        last = batch.enc.groups.last_index().to(m.device)
+        for l, (a, g) in enumerate(zip(inputs, grads)):
+            if g is None:
+                continue
+            a_l = a.detach()[rows, last].float().unflatten(-1, (H, hd))
+            g_l = g[rows, last].float().unflatten(-1, (H, hd))
+            total[l] += (a_l * g_l).sum(-1).sum(0).double().cpu()
+    return (total / n).float() if n else torch.full((L, H), math.nan)
+
+
+# ------------------------------------------------------------------------------------------------
+# Selecting heads
+# ------------------------------------------------------------------------------------------------
+def n_top(n_layers: int, n_heads: int, share: float) -> int:
+    """k = max(1, round(share * n_layers * n_heads)) (Python's round: halves go to the even integer).
+
+    Example: ``n_top(8, 8, 0.05) == 3``.
+    """
+    if not 0 < share <= 1:
+        raise ValueError(f"share must be in (0, 1], got {share}")
+    return max(1, round(share * n_layers * n_heads))
+
+
+def top_heads(scores: torch.Tensor | np.ndarray, share: float = 0.05) -> list[Head]:
+    """The ``n_top`` heads with the highest score, highest first, as [(layer, head), ...].
+
+    ``scores``: [L, H]. NaN ranks last; ties keep (layer, head) order. With all-NaN scores (no
+    identification samples) the choice is the first k heads and carries no information.
+
+    Example::
+
+        top_heads(scores, 0.05)        # [(6, 3), (7, 0), (5, 5)] for 64 heads
+    """
+    s = torch.as_tensor(np.asarray(scores, dtype=np.float64))
+    if s.dim() != 2:
+        raise ValueError(f"scores must be [n_layers, n_heads], got shape {list(s.shape)}")
+    L, H = s.shape
+    flat = torch.nan_to_num(s.flatten(), nan=-math.inf)
+    order = sorted(range(L * H), key=lambda i: (-float(flat[i]), i))
+    return [(i // H, i % H) for i in order[:n_top(L, H, share)]]
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Average ranks (ties share the mean rank), as for the Spearman coefficient."""
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x), dtype=float)
+    sx = x[order]
+    i = 0
+    while i < len(x):
+        j = i
+        while j + 1 < len(x) and sx[j + 1] == sx[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2.0
+        i = j + 1
+    return ranks
+
+
+def rank_agreement(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray, share: float = 0.05
+                   ) -> dict[str, float]:
+    """Agreement of two [L, H] score tables: Spearman correlation over heads and the top-``share`` overlap.
+
+    ``top_overlap`` = |top(a) & top(b)| / k. Heads with a NaN score in either table are left out of the
+    Spearman coefficient (NaN when fewer than 2 remain or a table is constant).
+
+    Example::
+
+        rank_agreement(exhaustive, attribution)     # {"spearman": 0.81, "top_overlap": 0.67}
+    """
+    x = np.asarray(a, dtype=float)
+    y = np.asarray(b, dtype=float)
+    if x.shape != y.shape or x.ndim != 2:
+        raise ValueError(f"score tables must both be [L, H], got {x.shape} and {y.shape}")
+    ok = np.isfinite(x.ravel()) & np.isfinite(y.ravel())
+    rho = math.nan
+    if ok.sum() >= 2:
+        rx, ry = _ranks(x.ravel()[ok]), _ranks(y.ravel()[ok])
+        if rx.std() > 0 and ry.std() > 0:
+            rho = float(np.corrcoef(rx, ry)[0, 1])
+    ta, tb = top_heads(x, share), top_heads(y, share)
+    return {"spearman": rho, "top_overlap": len(set(ta) & set(tb)) / len(ta)}
+
+
+def random_head_sets(n_layers: int, n_heads: int, k: int, n_sets: int, seed: int,
+                     exclude: Sequence[Head] | None = None) -> list[list[Head]]:
+    """``n_sets`` sets of ``k`` distinct heads drawn uniformly (numpy ``default_rng(seed)``), each sorted.
+
+    Reproducible: the same arguments give the same sets. ``exclude``: heads never drawn (e.g. the
+    identified ones). Sets are drawn independently, so two sets may share heads.
+
+    Example::
+
+        random_head_sets(8, 8, k=3, n_sets=10, seed=0)       # [[(0, 5), (3, 1), (6, 2)], ...]
+    """
+    excl = {(int(l), int(h)) for l, h in (exclude or [])}
+    pool = [(l, h) for l in range(n_layers) for h in range(n_heads) if (l, h) not in excl]
+    if not 0 < k <= len(pool):
+        raise ValueError(f"cannot draw {k} heads from {len(pool)} available ({n_layers} x {n_heads} heads, "
+                         f"{len(excl)} excluded)")
+    rng = np.random.default_rng(seed)
+    return [sorted(pool[int(i)] for i in rng.choice(len(pool), size=k, replace=False)) for _ in range(n_sets)]
+
+
+# ------------------------------------------------------------------------------------------------
+# Summaries
+# ------------------------------------------------------------------------------------------------
+def _rel(b: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """(mean(b) - mean(x)) / mean(b) along the last axis; NaN where mean(b) == 0."""
+    bm, xm = b.mean(-1), x.mean(-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(bm > 0, (bm - xm) / np.where(bm > 0, bm, 1.0), np.nan)
+
+
+def relative_drop(base: torch.Tensor | np.ndarray, blocked: torch.Tensor | np.ndarray, n_boot: int = 1000,
+                  seed: int = 0) -> dict[str, float]:
+    """Relative MFR drop (MFR_base - MFR_blocked) / MFR_base with a paired bootstrap 95% interval.
+
+    ``base``, ``blocked``: per-sample follow flags [N] of the same samples; the bootstrap resamples
+    samples (pairs). NaN where MFR_base is 0 or N is 0.
+
+    Example::
+
+        relative_drop(mfr(mm, data), mfr(mm, data, heads=identified))   # {"mean": 0.6, "lo": .., "hi": .., "n": 400}
+    """
+    b = np.asarray(base, dtype=float)
+    x = np.asarray(blocked, dtype=float)
+    if b.shape != x.shape or b.ndim != 1:
+        raise ValueError(f"base and blocked must be matching [N] flags, got {b.shape} and {x.shape}")
+    n = b.size
+    if n == 0:
+        return {"mean": math.nan, "lo": math.nan, "hi": math.nan, "n": 0}
+    point = float(_rel(b, x))
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    boots = _rel(b[idx], x[idx])
+    boots = boots[np.isfinite(boots)]
+    lo, hi = (float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))) if boots.size else (math.nan,) * 2
+    return {"mean": point, "lo": lo, "hi": hi, "n": int(n)}
+
+
+def spread(values: Sequence[float] | np.ndarray) -> dict[str, float]:
+    """{"mean", "sd"} over the finite ``values`` (sd with ddof = 1; NaN with fewer than 2 values).
+
+    Example: ``spread([0.5, 0.7])`` -> ``{"mean": 0.6, "sd": 0.141}``.
+    """
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    return {"mean": float(v.mean()) if v.size else math.nan, "sd": float(v.std(ddof=1)) if v.size > 1 else math.nan}
+
+
+# ------------------------------------------------------------------------------------------------
+# The documents of notebooks 03-06
+# ------------------------------------------------------------------------------------------------
+def identification_doc(model_name: str, exhaustive: torch.Tensor, attribution: torch.Tensor, share: float,
+                       n_identify: int) -> dict[str, Any]:
+    """The 03 JSON document from the two [L, H] score tables (pure: no model needed).
+
+    Keys: model, n_identify, n_layers, n_heads, share, k, scores_exhaustive, scores_attribution, spearman,
+    top_overlap, identified (top ``share`` by the exhaustive score), top_share_of_score (sum of the top-k
+    exhaustive scores / sum of the positive ones), per_layer_top_count.
+
+    Example::
+
+        doc = identification_doc("tiny", scores, attr, 0.05, n_identify=len(ident))
+    """
+    ex = np.asarray(exhaustive, dtype=float)
+    L, H = ex.shape
+    identified = top_heads(ex, share)
+    agree = rank_agreement(ex, attribution, share)
+    positive = ex[np.isfinite(ex) & (ex > 0)].sum()
+    top_sum = sum(ex[l, h] for l, h in identified if np.isfinite(ex[l, h]))
+    counts = [sum(1 for l, _ in identified if l == layer) for layer in range(L)]
+    return {
+        "model": model_name, "n_identify": int(n_identify), "n_layers": int(L), "n_heads": int(H),
+        "share": float(share), "k": len(identified),
+        "scores_exhaustive": ex.tolist(), "scores_attribution": np.asarray(attribution, dtype=float).tolist(),
+        "spearman": agree["spearman"], "top_overlap": agree["top_overlap"],
+        "identified": [[int(l), int(h)] for l, h in identified],
+        "top_share_of_score": float(top_sum / positive) if positive > 0 else math.nan,
+        "per_layer_top_count": counts,
+    }
+
+
+class _FlagCache:
+    """``mfr`` results keyed by the sorted head set (and alpha), so repeated sets are computed once."""
+
+    def __init__(self, mm: MLLM, data: Prepared, positions: str) -> None:
+        self.mm, self.data, self.positions = mm, data, positions
+        self.store: dict[tuple[tuple[Head, ...], float], torch.Tensor] = {}
+
+    def key(self, heads: Sequence[Head], alpha: float) -> tuple[tuple[Head, ...], float]:
+        hs = tuple(sorted((int(l), int(h)) for l, h in heads))
+        return ((), 1.0) if not hs or alpha == 1.0 else (hs, float(alpha))
+
+    def __call__(self, heads: Sequence[Head], alpha: float = 0.0) -> torch.Tensor:
+        k = self.key(heads, alpha)
+        if k not in self.store:
+            self.store[k] = mfr(self.mm, self.data, list(k[0]) if k[1] != 1.0 else None, alpha=k[1],
+                                positions=self.positions)
+        return self.store[k]
+
+    def fill(self, jobs: Sequence[tuple[Sequence[Head], float]], desc: str, progress: bool) -> None:
+        todo = list(dict.fromkeys(self.key(h, a) for h, a in jobs))
+        for hs, a in tqdm([j for j in todo if j not in self.store], desc=desc, disable=not progress):
+            self(list(hs), a)
+
+
+def _rates(samples: Sequence[Sample] | Prepared, flags: torch.Tensor) -> dict[str, float]:
+    return {k: v["rate"] for k, v in block_summary(samples, flags).items()}
+
+
+def block_experiment(mm: MLLM, samples: Sequence[Sample] | Prepared, scores: torch.Tensor, share: float = 0.05,
+                     n_random: int = 10, seed: int = 0, positions: str = "all", shares: Sequence[float] = SHARES,
+                     batch_size: int = 64, model_name: str | None = None, progress: bool = True,
+                     n_boot: int = 1000) -> dict[str, Any]:
+    """Blocking (alpha = 0) the identified heads vs ``n_random`` random sets of the same size: the 04 document.
+
+    ``scores``: the exhaustive head scores [L, H] of notebook 03 (identified = ``top_heads(scores, share)``;
+    for each share of ``shares`` its own top heads). Random sets: ``random_head_sets(L, H, k, n_random,
+    seed)``, drawn uniformly over all heads. Keys: model, k, n_random_sets, n_test, positions, identified_heads,
+    random_sets, base, identified, random, relative_drop, random_relative_drop, shares.
+
+    Example::
+
+        doc = block_experiment(mm, load_split("tiny", "test"), load_identification("tiny")["scores_exhaustive"])
+    """
+    data = prepare(mm, samples, batch_size)
+    L, H = mm.n_layers, mm.n_heads
+    scores = torch.as_tensor(np.asarray(scores, dtype=float))
+    if tuple(scores.shape) != (L, H):
+        raise ValueError(f"scores have shape {list(scores.shape)} but the model has {L} layers x {H} heads")
+    flags = _FlagCache(mm, data, positions)
+    identified = top_heads(scores, share)
+    k = len(identified)
+    rsets = random_head_sets(L, H, k, n_random, seed)
+    sweep = {s: (top_heads(scores, s), random_head_sets(L, H, n_top(L, H, s), n_random, seed)) for s in shares}
+    jobs: list[tuple[Sequence[Head], float]] = [((), 1.0), (identified, 0.0), *((r, 0.0) for r in rsets)]
+    for top, rs in sweep.values():
+        jobs += [(top, 0.0), *((r, 0.0) for r in rs)]
+    flags.fill(jobs, "blocking head sets", progress)
+
+    base, blocked = flags(()), flags(identified)
+    random_rates = [_rates(data, flags(r)) for r in rsets]
+    base_rate = base.float().mean().item() if len(base) else math.nan
+    random_drops = [float(_rel(base.numpy().astype(float), flags(r).numpy().astype(float))) if len(base) else math.nan
+                    for r in rsets]
+    shares_doc: dict[str, Any] = {}
+    for s, (top, rs) in sweep.items():
+        rr = [flags(r).float().mean().item() if len(base) else math.nan for r in rs]
+        sp = spread(rr)
+        shares_doc[str(float(s))] = {"k": len(top), "identified": flags(top).float().mean().item() if len(base) else math.nan,
+                                     "random_mean": sp["mean"], "random_sd": sp["sd"]}
+    finite = np.array([d for d in random_drops if np.isfinite(d)])
+    return {
+        "model": model_name or mm.name, "k": k, "n_random_sets": int(n_random), "n_test": len(data),
+        "positions": positions, "seed": int(seed), "share": float(share), "base_rate": base_rate,
+        "identified_heads": [list(h) for h in identified], "random_sets": [[list(h) for h in r] for r in rsets],
+        "base": block_summary(data, base),
+        "identified": block_summary(data, blocked),
+        "random": {key: {"rates": [r[key] for r in random_rates], **spread([r[key] for r in random_rates])}
+                   for key in INSTRUCTIONS},
+        "relative_drop": relative_drop(base, blocked, n_boot=n_boot, seed=seed),
+        "random_relative_drop": {"values": random_drops, **spread(random_drops),
+                                 "p95": float(np.quantile(finite, 0.95)) if finite.size else math.nan},
+        "shares": shares_doc,
+    }
+
+
+@torch.no_grad()
+def split_pool(mm: MLLM, pool: Sequence[Sample], max_failed: int = 200, max_correct: int = 200,
+               batch_size: int = 64, progress: bool = True) -> tuple[list[Sample], list[Sample]]:
+    """The first ``max_failed`` conflict samples of ``pool`` that the model does not follow, and the first
+    ``max_correct`` that it follows (pool order); stops reading the pool once both are full.
+
+    Example::
+
+        failed, correct = split_pool(mm, load_split("tiny", "fail_pool"), max_failed=200)
+    """
+    conflict = [s for s in pool if s.other_answer is not None]
+    failed: list[Sample] = []
+    correct: list[Sample] = []
+    for start in tqdm(range(0, len(conflict), batch_size), desc="baseline on the pool", disable=not progress):
+        chunk = conflict[start:start + batch_size]
+        ok = mfr(mm, chunk, batch_size=batch_size)
+        failed += [s for s, f in zip(chunk, ok.tolist()) if not f]
+        correct += [s for s, f in zip(chunk, ok.tolist()) if f]
+        if len(failed) >= max_failed and len(correct) >= max_correct:
+            break
+    return failed[:max_failed], correct[:max_correct]
+
+
+def amplification_experiment(mm: MLLM, failed: Sequence[Sample], correct: Sequence[Sample], heads: Sequence[Head],
+                             alphas: Sequence[float] = ALPHAS, n_random: int = 10, seed: int = 0,
+                             positions: str = "all", batch_size: int = 64, model_name: str | None = None,
+                             progress: bool = True) -> dict[str, Any]:
+    """Amplifying ``heads`` by each alpha on failed samples: recovery, damage, random control (05 document).
+
+    recovery(alpha) = share of ``failed`` that follow with the heads scaled by alpha; damage(alpha) = share
+    of ``correct`` (a separate reference set) that no longer follow. Random: ``n_random`` uniform sets of
+    ``len(heads)`` heads (``random_head_sets(..., seed)``), recovery only. Arbitration failures (ours): failed
+    samples whose image-only and text-only counterparts (``world.counterparts``) the model answers right.
+
+    Example::
+
+        failed, correct = split_pool(mm, pool)
+        doc = amplification_experiment(mm, failed, correct, identified, alphas=[1, 2, 4, 8])
+    """
+    heads = _check_heads(mm, heads)
+    alphas = [float(a) for a in alphas]
+    fdata, cdata = prepare(mm, failed, batch_size), prepare(mm, correct, batch_size)
+    ff, fc = _FlagCache(mm, fdata, positions), _FlagCache(mm, cdata, positions)
+    rsets = random_head_sets(mm.n_layers, mm.n_heads, len(heads), n_random, seed) if heads else []
+    ff.fill([(heads, a) for a in alphas] + [(r, a) for r in rsets for a in alphas], "amplify (failed)", progress)
+    fc.fill([(heads, a) for a in alphas], "amplify (correct reference)", progress)
+
+    pairs = [counterparts(s) for s in failed]
+    knows_image = mfr(mm, [p[0] for p in pairs], batch_size=batch_size)
+    knows_text = mfr(mm, [p[1] for p in pairs], batch_size=batch_size)
+    arbitration = knows_image & knows_text
+    recovery = [proportion(ff(heads, a).numpy()) for a in alphas]
+    rand = [[ff(r, a).float().mean().item() if len(fdata) else math.nan for r in rsets] for a in alphas]
+    rates = [r["rate"] for r in recovery]
+    best = int(np.nanargmax(rates)) if np.isfinite(rates).any() else None
+    return {
+        "model": model_name or mm.name, "alphas": alphas, "positions": positions, "seed": int(seed),
+        "heads": [list(h) for h in heads],
+        "n_failed": len(fdata), "n_correct_reference": len(cdata),
+        "identified": {"recovery": recovery, "damage": [proportion((~fc(heads, a)).numpy()) for a in alphas]},
+        "random": {"recovery_mean": [spread(r)["mean"] for r in rand], "recovery_sd": [spread(r)["sd"] for r in rand],
+                   "recovery_rates": rand, "n_sets": len(rsets)},
+        "arbitration": {"n": int(arbitration.sum()),
+                        "knows_image": proportion(knows_image.numpy()), "knows_text": proportion(knows_text.numpy()),
+                        "recovery": [proportion(ff(heads, a)[arbitration].numpy()) for a in alphas]},
+        "best": {"alpha": alphas[best] if best is not None else None,
+                 "recovery": recovery[best] if best is not None else proportion([])},
+    }
+
+
+def capability_experiment(mm: MLLM, samples: Sequence[Sample] | Prepared, heads: Sequence[Head], n_random: int = 10,
+                          seed: int = 0, positions: str = "all", batch_size: int = 64,
+                          model_name: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Accuracy per category before and after blocking ``heads`` vs ``n_random`` random sets (06 document).
+
+    Accuracy = the argmax over the question's candidates is the answer (``metrics.follows``). Random sets
+    are ``random_head_sets(L, H, len(heads), n_random, seed)``: with notebook 04's seed, the same sets.
+
+    Example::
+
+        doc = capability_experiment(mm, load_split("tiny", "capability"), identified)
+    """
+    heads = _check_heads(mm, heads)
+    data = prepare(mm, samples, batch_size)
+    cats = list(dict.fromkeys(s.category for s in data.samples))
+    labels = np.array([s.category for s in data.samples])
+    flags = _FlagCache(mm, data, positions)
+    rsets = random_head_sets(mm.n_layers, mm.n_heads, len(heads), n_random, seed) if heads else []
+    flags.fill([((), 1.0), (heads, 0.0)] + [(r, 0.0) for r in rsets], "blocking (capability)", progress)
+
+    def per_cat(f: torch.Tensor) -> dict[str, dict[str, float]]:
+        x = f.numpy()
+        return {c: proportion(x[labels == c]) for c in cats}
+
+    base, ident = per_cat(flags(())), per_cat(flags(heads))
+    rand = [per_cat(flags(r)) for r in rsets]
+    random_doc = {c: {"rates": [r[c]["rate"] for r in rand], **spread([r[c]["rate"] for r in rand])} for c in cats}
+    drops = [base[c]["rate"] - ident[c]["rate"] for c in cats]
+    rdrops = [base[c]["rate"] - random_doc[c]["mean"] for c in cats]
+    return {
+        "model": model_name or mm.name, "categories": cats, "positions": positions, "seed": int(seed),
+        "heads": [list(h) for h in heads], "n_random_sets": len(rsets), "n": {c: int((labels == c).sum()) for c in cats},
+        "base": base, "identified": ident, "random": random_doc,
+        "max_drop_identified": float(np.nanmax(drops)) if np.isfinite(drops).any() else math.nan,
+        "max_drop_random_mean": float(np.nanmax(rdrops)) if np.isfinite(rdrops).any() else math.nan,
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# Files
+# ------------------------------------------------------------------------------------------------
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    if isinstance(x, Mapping):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple, np.ndarray)):
+        return [_jsonable(v) for v in (x.tolist() if isinstance(x, np.ndarray) else x)]
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(float(x)) else None
+    return x
+
+
+def save_json(doc: Mapping[str, Any], model_name: str, name: str) -> Path:
+    """Write ``doc`` to ``results/<model>/<name>.json`` atomically; NaN and inf become null.
+
+    Example: ``save_json(doc, "tiny", "03_head_identification")``.
+    """
+    path = results_dir(model_name) / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(_jsonable(doc), indent=1, allow_nan=False))
+    tmp.replace(path)
+    return path
+
+
+def load_json(model_name: str, name: str) -> dict[str, Any]:
+    """``results/<model>/<name>.json`` as a dict (null stays None). Example: ``load_json("tiny", "04_block_heads")``."""
+    path = results_dir(model_name, create=False) / f"{name}.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run notebooks/{name}.ipynb for model={model_name!r} first")
+    return json.loads(path.read_text())
+
+
+def load_identification(model_name: str, mm: MLLM | None = None) -> dict[str, Any]:
+    """Notebook 03's document, with ``scores_exhaustive``/``scores_attribution`` as FloatTensors [L, H]
+    (null -> NaN) and ``identified`` as [(layer, head), ...]. With ``mm``, checks that its shape matches.
+
+    Example::
+
+        ident = load_identification("tiny", mm); ident["identified"]       # [(6, 3), ...]
+    """
+    path = results_dir(model_name, create=False) / "03_head_identification.json"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} is missing: run 03 first (notebooks/03_head_identification.ipynb with model={model_name!r}); "
+            "notebooks 04-06 use the heads it identifies")
+    doc = json.loads(path.read_text())
+    for key in ("scores_exhaustive", "scores_attribution"):
+        doc[key] = torch.tensor([[math.nan if v is None else float(v) for v in row] for row in doc[key]])
+    doc["identified"] = [(int(l), int(h)) for l, h in doc["identified"]]
+    if mm is not None and (doc["n_layers"], doc["n_heads"]) != (mm.n_layers, mm.n_heads):
+        raise ValueError(f"{path} was written for {doc['n_layers']} x {doc['n_heads']} heads, but {mm.name!r} has "
+                         f"{mm.n_layers} x {mm.n_heads}: rerun 03 for this model")
+    return doc
+
+
+def fast_path_status(model_name: str) -> str:
+    """How the last exhaustive scoring of ``model_name`` ran: ``"kv-cache"`` or why it used full forwards."""
+    return _FAST_PATH_STATUS.get(model_name, "not run")
+

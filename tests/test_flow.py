@@ -1,0 +1,192 @@
+"""Information flow (mfutils.flow): the sweep equals direct knockouts, no-ops are exact, identities hold."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mfutils import flow
+from mfutils.groups import edge_block, encode
+from mfutils.hooks import knockout, logit_lens, residual_stream
+from mfutils.metrics import margins, targets_for
+from mfutils.models import MLLM, random_model
+from mfutils.world import Sample, make_split
+
+
+@pytest.fixture(scope="module")
+def mm() -> MLLM:
+    return random_model("llava", n_layers=4, seed=0)
+
+
+@pytest.fixture(scope="module")
+def samples() -> list[Sample]:
+    """Standard prompts of both instructions, plus two with a system sentence (different lengths: padding)."""
+    return make_split("test", 6) + make_split("test_system", 2)
+
+
+@pytest.fixture(scope="module")
+def sweep(mm: MLLM, samples: list[Sample]) -> flow.SweepResult:
+    edges = ["image->last", "context->instruction", "image+context->system", "instruction->image"]
+    return flow.knockout_sweep(mm, samples, edges, k=2, batch_size=5, progress=False)
+
+
+def test_windows_cover_all_layers() -> None:
+    for L in range(1, 9):
+        for k in range(1, L + 1):
+            wins = flow.windows(L, k)
+            assert len(wins) == L - k + 1
+            assert all(b - a == k for a, b in wins)
+            assert sorted({l for a, b in wins for l in range(a, b)}) == list(range(L))
+    with pytest.raises(ValueError, match="window size"):
+        flow.windows(4, 5)
+
+
+def test_edges_are_well_formed() -> None:
+    for name in (*flow.MAIN_EDGES, *flow.SALIENCY_PAIRS, *[e for es in flow.CONTROL_EDGES.values() for e in es]):
+        src, dst = flow.parse_edge(name)
+        assert src and dst and not set(src) & set(dst)
+    assert flow.parse_edge("question+constraint->last") == (("question", "constraint"), ("last",))
+
+
+@torch.no_grad()
+def test_sweep_equals_direct_knockout(mm: MLLM, samples: list[Sample], sweep: flow.SweepResult) -> None:
+    enc = encode(mm, [s.prompt for s in samples])
+    t = targets_for(mm, samples)
+    base = margins(mm.model(**enc.inputs, logits_to_keep=1).logits[:, -1], t).numpy()
+    np.testing.assert_allclose(sweep.base, base, atol=1e-5)
+    for edge, w in (("image->last", 0), ("context->instruction", 1), ("context->instruction", 2)):
+        start, stop = sweep.windows[w]
+        with knockout(mm, edge_block(enc.groups, *flow.parse_edge(edge)), range(start, stop)):
+            direct = margins(mm.model(**enc.inputs, logits_to_keep=1).logits[:, -1], t).numpy()
+        got = sweep.knocked[sweep.edges.index(edge), w]
+        np.testing.assert_allclose(got, direct, atol=1e-5)
+        assert np.abs(got - base).max() > 1e-4                    # the knockout does something
+
+
+def test_zero_effect_and_missing_groups(mm: MLLM, samples: list[Sample], sweep: flow.SweepResult) -> None:
+    x = sweep.inssd()
+    # the source comes after the destination: causal attention has no such edge -> exactly unchanged
+    e = sweep.edges.index("instruction->image")
+    assert np.array_equal(sweep.knocked[e], np.broadcast_to(sweep.base, sweep.knocked[e].shape))
+    assert (x[e] == 0).all() and (sweep.flips()[e] == 0).all()
+    assert sweep.summary("instruction->image")["inssd"] == [0.0] * len(sweep.windows)
+    # "-> system": the system sentence precedes image and context (a structural 0), and is absent from
+    # standard prompts (NaN there, excluded from means)
+    e = sweep.edges.index("image+context->system")
+    has_system = np.array([s.variant == "system" for s in samples])
+    assert np.isnan(x[e][:, ~has_system]).all() and (x[e][:, has_system] == 0).all()
+    assert sweep.summary("image+context->system")["n"] == int(has_system.sum())
+    assert sweep.summary("image+context->system", ~has_system) == {
+        "start": [], "inssd": [], "lo": [], "hi": [], "flip": [], "n": 0}
+    # an empty edge set
+    empty = flow.knockout_sweep(mm, samples[:3], [], k=1, progress=False)
+    assert empty.knocked.shape == (0, mm.n_layers, 3) and empty.inssd().size == 0
+
+
+def test_sweep_summary_and_roundtrip(sweep: flow.SweepResult, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    s = sweep.summary("image->last", n_boot=200)
+    assert s["start"] == [0, 1, 2] and s["n"] == len(sweep)
+    for lo, m, hi, f in zip(s["lo"], s["inssd"], s["hi"], s["flip"]):
+        assert lo <= m <= hi and 0 <= f <= 1
+    back = flow.SweepResult.load(sweep.save(tmp_path / "sweep.npz"))
+    assert back.edges == sweep.edges and back.windows == sweep.windows
+    np.testing.assert_array_equal(back.knocked, sweep.knocked)
+    np.testing.assert_array_equal(back.categories, sweep.categories)
+    assert back.summary("image->last", n_boot=200) == s
+
+
+def test_dla_decomposition_identity(mm: MLLM, samples: list[Sample]) -> None:
+    r = flow.dla(mm, samples, batch_size=5, progress=False)
+    n, L = len(samples), mm.n_layers
+    assert r.attn.shape == r.mlp.shape == r.before.shape == r.after.shape == (n, L)
+    np.testing.assert_allclose(r.embed + r.attn.sum(1) + r.mlp.sum(1), r.total, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(r.total, r.logit_diff, atol=1e-4, rtol=1e-4)   # no unembedding bias
+    # the "after" of a layer plus its MLP's write is the next layer's "before" (projections are linear)
+    t = targets_for(mm, samples)
+    u = mm.unembed.weight[[p[0] for p in t.pos]] - mm.unembed.weight[[q[0] for q in t.neg]]
+    enc = encode(mm, [s.prompt for s in samples])
+    resid = residual_stream(mm, enc)[:, :, -1]                              # [L+1, B, D]
+    proj = ((resid * u).sum(-1) / u.norm(dim=-1)).T.detach().numpy()        # [B, L+1]
+    np.testing.assert_allclose(r.before, proj[:, :L], atol=1e-4)
+    summ = r.summary(n_boot=100)
+    assert summ["dla"]["attn"]["follow_image"]["n"] + summ["dla"]["attn"]["follow_text"]["n"] == n
+    assert len(summ["subspace"]["follow_text"]["after"]) == L
+
+
+def test_ldar(mm: MLLM, samples: list[Sample]) -> None:
+    r = flow.ldar(mm, samples, batch_size=5, progress=False)
+    for read in ("anchor_last", "anchor_mean", "last"):
+        rate = np.array(r[read]["rate"])
+        assert rate.shape == (mm.n_layers + 1,) and ((rate >= 0) & (rate <= 1)).all()
+        assert r[read]["n"] == len(samples)
+        assert all(lo <= x <= hi for lo, x, hi in zip(r[read]["lo"], rate, r[read]["hi"]))
+    assert r["last"]["rate"][-1] == 1.0          # the lens of the final residual is the model's decision
+    # the anchor rows are instruction tokens: the shortcut lens equals hooks.logit_lens there
+    enc = encode(mm, [s.prompt for s in samples])
+    g = enc.groups
+    resid = residual_stream(mm, enc)
+    from mfutils.evaluate import candidate_ids
+
+    img = [candidate_ids(mm, [s.image_answer])[0] for s in samples]
+    txt = [candidate_ids(mm, [s.text_answer])[0] for s in samples]
+    d, b = flow._direction_rows(mm, img, txt)
+    diff = flow._lens_diff(mm, resid[2], d, b)
+    full = logit_lens(mm, resid[2])
+    rows = torch.arange(len(samples))
+    ref = full[rows, :, img] - full[rows, :, txt]
+    assert torch.allclose(diff, ref, atol=1e-4)
+    anchor_last = g["instruction"].long().cumsum(-1).argmax(-1)
+    assert g["instruction"][rows, anchor_last].all() and not g["instruction"][rows, anchor_last + 1].any()
+    no_instruction = [s for s in make_split("capability", 3) if s.category == "image_only"]
+    assert flow.ldar(mm, no_instruction, progress=False)["last"]["n"] == 0   # conflict samples only
+
+
+def test_stability(sweep: flow.SweepResult) -> None:
+    st = flow.stability(sweep, fractions=(0.5, 1.0), seed=0)
+    assert st["fractions"] == [0.5, 1.0]
+    assert st["corr"]["image->last"][1] == pytest.approx(1.0, abs=1e-12)
+    assert -1 <= st["corr"]["image->last"][0] <= 1
+    assert all(math.isnan(c) for c in st["corr"]["instruction->image"])     # a flat (all-zero) curve
+
+
+def test_saliency(mm: MLLM, samples: list[Sample]) -> None:
+    assert mm.attn_implementation == "sdpa"
+    sal = flow.saliency(mm, samples[:4], batch_size=2, progress=False)
+    assert mm.attn_implementation == "sdpa"
+    assert set(sal) == set(flow.SALIENCY_PAIRS)
+    for v in sal.values():
+        assert v.shape == (mm.n_layers,) and np.isfinite(v).all() and (v >= 0).all()
+    assert sal["instruction->last"].sum() > 0
+    per_head = flow.saliency(mm, samples[:4], batch_size=4, progress=False, abs_per_head=True)
+    for p in sal:   # |sum over heads| <= sum of |per head|
+        assert (sal[p] <= per_head[p] + 1e-9).all()
+    mm.set_attn_implementation("eager")
+    try:
+        flow.saliency(mm, samples[:1], batch_size=1, progress=False)
+        assert mm.attn_implementation == "eager"
+    finally:
+        mm.set_attn_implementation("sdpa")
+
+
+def test_run_information_flow_document(mm: MLLM, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("MF_ROOT", str(tmp_path))
+    test = make_split("test", 4)
+    failed = flow.find_failures(mm, make_split("fail_pool", 6), cap=2)
+    doc = flow.run_information_flow(mm, "random:llava", test, failed, make_split("test_system", 2),
+                                    make_split("test_instruction_last", 2), k=2, batch_size=4, n_boot=50,
+                                    progress=False)
+    path = flow.write_json(doc, "random:llava")
+    back = json.loads(path.read_text())
+    assert path == tmp_path / "results" / "random-llava" / "02_information_flow.json"
+    assert (tmp_path / "results" / "random-llava" / "02_knockout_per_sample.npz").exists()
+    assert set(back) >= {"model", "n_layers", "window", "n", "knockout", "controls", "ldar", "dla", "subspace",
+                         "saliency", "stability"}
+    assert set(back["knockout"]) == set(flow.MAIN_EDGES)
+    assert all(set(v) == set(flow.SUBSETS) for v in back["knockout"].values())
+    assert back["n"]["failed"] == back["knockout"]["image->last"]["failed"]["n"]
+    assert set(back["controls"]["system"]) == set(flow.CONTROL_EDGES["system"])
+    assert len(back["ldar"]["anchor_mean"]["rate"]) == mm.n_layers + 1
