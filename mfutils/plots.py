@@ -5,6 +5,7 @@ Public API
 set_theme()                               the paper theme (seaborn "paper" context, colour-blind palette)
 save_figure(fig, name, model=None, folder=None) -> list[Path]   PDF + PNG, tight, no dates; closes fig
 plot_training_curve(curve, ax=None) -> Figure                   accuracy per category against step
+plot_accuracy_bars(table, ax=None, x, hue) -> Figure             proportions with 95% intervals as bars
 COLUMN_WIDTH                              3.5 inches
 
 Example::
@@ -23,7 +24,7 @@ import seaborn as sns
 
 from .paths import figures_dir
 
-__all__ = ["set_theme", "save_figure", "plot_training_curve", "COLUMN_WIDTH"]
+__all__ = ["set_theme", "save_figure", "plot_training_curve", "plot_accuracy_bars", "COLUMN_WIDTH"]
 
 COLUMN_WIDTH = 3.5
 _THEMED = False
@@ -73,4 +74,35 @@ def plot_training_curve(curve: Sequence[dict[str, Any]], ax: plt.Axes | None = N
     ax.set_ylabel("accuracy (monitor set)")
     ax.set_ylim(0, 1.02)
     ax.legend(fontsize=6, ncol=2, loc="lower right")
+    return fig
+
+
+def plot_accuracy_bars(table: Sequence[dict[str, Any]], ax: plt.Axes | None = None, x: str = "category",
+                       hue: str | None = None, title: str = "") -> plt.Figure:
+    """Bars of proportion dicts (``rate``, ``lo``, ``hi``, ``n``) with their 95% intervals.
+
+    ``table``: rows with keys ``x`` (and ``hue``) plus a proportion's ``rate``, ``lo``, ``hi``, ``n``.
+    """
+    set_theme()
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(COLUMN_WIDTH * 1.6, 2.4))
+    else:
+        fig = ax.figure
+    xs = list(dict.fromkeys(r[x] for r in table))
+    hues = list(dict.fromkeys(r[hue] for r in table)) if hue else [None]
+    width = 0.8 / len(hues)
+    colors = sns.color_palette("colorblind", len(hues))
+    for j, h in enumerate(hues):
+        rows = [r for r in table if hue is None or r[hue] == h]
+        pos = [xs.index(r[x]) - 0.4 + width * (j + 0.5) for r in rows]
+        rates = [r["rate"] for r in rows]
+        err = [[r["rate"] - r["lo"] for r in rows], [r["hi"] - r["rate"] for r in rows]]
+        ax.bar(pos, rates, width=width * 0.92, color=colors[j], label=h, yerr=err, capsize=2, error_kw={"lw": 0.8})
+    ax.set_xticks(range(len(xs)), [str(v).replace("_", "\n") for v in xs], fontsize=7)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("accuracy")
+    if hue:
+        ax.legend(fontsize=6, loc="lower right")
+    if title:
+        ax.set_title(title, fontsize=8)
     return fig

@@ -1,0 +1,266 @@
+"""Figures of notebook 02 (information flow), drawn from the JSON document of ``mfutils.flow``.
+
+Every function takes an ``ax`` (or ``axes``) to draw into, or creates its own figure, and returns the
+figure; the theme is ``mfutils.plots.set_theme`` (seaborn colour-blind palette). Titles carry sample counts.
+
+Public API
+----------
+EDGE_PANELS                                         default grouping of the knockout edges into panels
+plot_knockout(knockout, edges, subsets, ax=None, title=None) -> Figure      INSSD per window, CI bands
+plot_knockout_panels(doc, subsets, panels=EDGE_PANELS, axes=None) -> Figure  one panel per edge group
+plot_flip_rate(knockout, edges, subset="all", ax=None) -> Figure
+plot_controls(doc, axes=None) -> Figure             C11: modality cues cut from instruction / constraint / system
+plot_saliency(saliency, ax=None) -> Figure
+plot_ldar(ldar, ax=None, reference=0.95) -> Figure
+plot_dla(dla, ax=None) -> Figure                    attention vs MLP direct logit attribution per layer
+plot_subspace(subspace, ax=None) -> Figure
+plot_stability(stability, ax=None) -> Figure
+
+Example::
+
+    doc = json.loads((results_dir("tiny") / "02_information_flow.json").read_text())
+    fig = plot_knockout_panels(doc, subsets=("follow_image", "follow_text"))
+    save_figure(fig, "02_knockout_by_instruction", model="tiny")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+
+from .plots import COLUMN_WIDTH, set_theme
+
+__all__ = ["EDGE_PANELS", "plot_knockout", "plot_knockout_panels", "plot_flip_rate", "plot_controls",
+           "plot_saliency", "plot_ldar", "plot_dla", "plot_subspace", "plot_stability"]
+
+EDGE_PANELS: dict[str, tuple[str, ...]] = {
+    "into the instruction (C1)": ("image->instruction", "context->instruction", "image+context->instruction",
+                                  "image->context"),
+    "into the answer position (C2)": ("instruction->last", "image->last", "context->last", "question->last"),
+}
+_LINESTYLES = {"all": "-", "follow_image": "-", "follow_text": "--", "succeeded": "-", "failed": ":"}
+_SUBSET_LABEL = {"all": "all", "follow_image": "follow image", "follow_text": "follow text",
+                 "succeeded": "succeeded", "failed": "failed"}
+
+
+def _palette(n: int) -> list[Any]:
+    return list(sns.color_palette("colorblind", max(n, 1)))
+
+
+def _ax(ax: plt.Axes | None, width: float = COLUMN_WIDTH * 1.4, height: float = 2.6) -> tuple[plt.Figure, plt.Axes]:
+    set_theme()
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(width, height))
+        return fig, ax
+    return ax.figure, ax
+
+
+def _arr(x: Sequence[Any]) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in x], dtype=float)
+
+
+def _window_label(doc_window: int | None) -> str:
+    return "layer" if not doc_window or doc_window == 1 else f"first layer of the {doc_window}-layer window"
+
+
+def plot_knockout(knockout: Mapping[str, Mapping[str, Any]], edges: Sequence[str],
+                  subsets: Sequence[str] = ("all",), ax: plt.Axes | None = None, title: str | None = None,
+                  window: int | None = None, bands: bool = True) -> plt.Figure:
+    """INSSD (mean with bootstrap 95% band) against the knocked-out window, one line per edge x subset.
+
+    ``knockout``: ``doc["knockout"]`` (or a control's) ``{edge: {subset: {"start", "inssd", "lo", "hi",
+    "flip", "n"}}}``. Colour: edge; line style: subset. Subsets with n = 0 are skipped (named in the legend).
+    """
+    fig, ax = _ax(ax)
+    colors = _palette(len(edges))
+    for color, edge in zip(colors, edges):
+        for subset in subsets:
+            s = knockout.get(edge, {}).get(subset)
+            if not s or not s["n"]:
+                continue
+            x, y = np.array(s["start"]), _arr(s["inssd"])
+            label = f"{edge}" + (f" [{_SUBSET_LABEL.get(subset, subset)}]" if len(subsets) > 1 else "")
+            ax.plot(x, y, color=color, ls=_LINESTYLES.get(subset, "-"), marker="o", ms=2.5, lw=1.2,
+                    label=f"{label} (n={s['n']})")
+            if bands:
+                ax.fill_between(x, _arr(s["lo"]), _arr(s["hi"]), color=color, alpha=0.15, lw=0)
+    ax.axhline(0, color="0.4", lw=0.7)
+    ax.axhline(-1, color="0.6", lw=0.6, ls=":")
+    ax.set_xlabel(_window_label(window))
+    ax.set_ylabel("INSSD (ours)")
+    if title:
+        ax.set_title(title, fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=5.5, loc="best")
+    return fig
+
+
+def plot_knockout_panels(doc: Mapping[str, Any], subsets: Sequence[str] = ("follow_image", "follow_text"),
+                         panels: Mapping[str, Sequence[str]] = EDGE_PANELS,
+                         axes: Sequence[plt.Axes] | None = None) -> plt.Figure:
+    """One ``plot_knockout`` panel per edge group of ``panels`` (shared y axis), split by ``subsets``."""
+    set_theme()
+    if axes is None:
+        fig, axes_arr = plt.subplots(1, len(panels), figsize=(COLUMN_WIDTH * 1.2 * len(panels), 2.8), sharey=True)
+        axes = list(np.atleast_1d(axes_arr))
+    else:
+        fig = axes[0].figure
+    knock = doc["knockout"]
+    for ax, (name, edges) in zip(axes, panels.items()):
+        counts = ", ".join(f"{_SUBSET_LABEL.get(s, s)} n={knock[edges[0]][s]['n']}" for s in subsets)
+        plot_knockout(knock, [e for e in edges if e in knock], subsets, ax=ax, title=f"{name}\n{counts}",
+                      window=doc.get("window"))
+    fig.suptitle(f"{doc.get('model', '')}: attention knockout per window", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_flip_rate(knockout: Mapping[str, Mapping[str, Any]], edges: Sequence[str], subset: str = "all",
+                   ax: plt.Axes | None = None, window: int | None = None) -> plt.Figure:
+    """Share of samples whose decision between the two modalities flips, per edge and window."""
+    fig, ax = _ax(ax)
+    n = 0
+    for color, edge in zip(_palette(len(edges)), edges):
+        s = knockout.get(edge, {}).get(subset)
+        if not s or not s["n"]:
+            continue
+        n = max(n, s["n"])
+        ax.plot(s["start"], _arr(s["flip"]), color=color, marker="o", ms=2.5, lw=1.2, label=edge)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel(_window_label(window))
+    ax.set_ylabel("flip rate")
+    ax.set_title(f"decision flips under knockout ({_SUBSET_LABEL.get(subset, subset)}, n={n})", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=5.5, loc="best")
+    return fig
+
+
+def plot_controls(doc: Mapping[str, Any], axes: Sequence[plt.Axes] | None = None) -> plt.Figure:
+    """C11: the modality cues cut from the instruction vs from the format constraint / system prompt, on
+    the split with a system sentence and on the split with the instruction after the constraint."""
+    set_theme()
+    controls = doc["controls"]
+    if axes is None:
+        fig, axes_arr = plt.subplots(1, len(controls), figsize=(COLUMN_WIDTH * 1.2 * len(controls), 2.8),
+                                     sharey=True)
+        axes = list(np.atleast_1d(axes_arr))
+    else:
+        fig = axes[0].figure
+    names = {"system": "system sentence first", "instruction_last": "instruction after the constraint"}
+    for ax, (split, edges) in zip(axes, controls.items()):
+        n = doc.get("n", {}).get(split, "?")
+        plot_knockout(edges, list(edges), ("all",), ax=ax, title=f"{names.get(split, split)} (n={n})",
+                      window=doc.get("window"))
+    fig.suptitle(f"{doc.get('model', '')}: C11 controls", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_saliency(saliency: Mapping[str, Sequence[float]], ax: plt.Axes | None = None, n: int | None = None,
+                  log: bool = True) -> plt.Figure:
+    """Information-flow saliency |A * dL/dA| per layer, one line per group pair (log scale by default)."""
+    fig, ax = _ax(ax)
+    for color, (pair, values) in zip(_palette(len(saliency)), saliency.items()):
+        y = _arr(values)
+        ax.plot(np.arange(len(y)), y, color=color, marker="o", ms=2.5, lw=1.2, label=pair)
+    finite = np.concatenate([_arr(v) for v in saliency.values()] + [np.zeros(0)])
+    finite = finite[np.isfinite(finite)]
+    if log and finite.size and (finite > 0).all():
+        ax.set_yscale("log")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("saliency (mean over edges)")
+    ax.set_title("information-flow saliency" + (f" (n={n})" if n is not None else ""), fontsize=8)
+    ax.legend(fontsize=5.5, loc="best")
+    return fig
+
+
+def plot_ldar(ldar: Mapping[str, Mapping[str, Any]], ax: plt.Axes | None = None,
+              reference: float = 0.95) -> plt.Figure:
+    """LDAR (ours) against depth (hidden state 0 = embeddings) at the anchor's last token, averaged over
+    the anchor, and at the answer position, with Wilson 95% bands and the paper's 95% reference."""
+    fig, ax = _ax(ax)
+    labels = {"anchor_last": "instruction anchor, last token", "anchor_mean": "instruction anchor, mean",
+              "last": "answer position"}
+    n = 0
+    for color, (read, label) in zip(_palette(3), labels.items()):
+        r = ldar.get(read)
+        if not r or not r["n"]:
+            continue
+        n = r["n"]
+        x = np.arange(len(r["rate"]))
+        ax.plot(x, _arr(r["rate"]), color=color, marker="o", ms=2.5, lw=1.2, label=label)
+        ax.fill_between(x, _arr(r["lo"]), _arr(r["hi"]), color=color, alpha=0.15, lw=0)
+    ax.axhline(reference, color="0.3", lw=0.7, ls="--", label=f"{reference:.0%} (paper's threshold)")
+    ax.axhline(0.5, color="0.6", lw=0.6, ls=":")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("hidden state (0 = embeddings)")
+    ax.set_ylabel("LDAR (ours)")
+    ax.set_title(f"latent decision agreement (conflict samples, n={n})", fontsize=8)
+    ax.legend(fontsize=5.5, loc="lower right")
+    return fig
+
+
+def plot_dla(dla: Mapping[str, Mapping[str, Any]], ax: plt.Axes | None = None) -> plt.Figure:
+    """Direct logit attribution of attention and MLP outputs onto W_U[a+] - W_U[a-] per layer (positive:
+    toward the instructed answer); colour: sublayer, line style: instruction; bootstrap 95% bands."""
+    fig, ax = _ax(ax)
+    colors = dict(zip(("attn", "mlp"), _palette(2)))
+    counts = []
+    for part in ("attn", "mlp"):
+        for split, ls in (("follow_image", "-"), ("follow_text", "--")):
+            s = dla.get(part, {}).get(split)
+            if not s or not s["n"]:
+                continue
+            if part == "attn":
+                counts.append(f"{_SUBSET_LABEL[split]} n={s['n']}")
+            x = np.arange(len(s["mean"]))
+            ax.plot(x, _arr(s["mean"]), color=colors[part], ls=ls, marker="o", ms=2.5, lw=1.2,
+                    label=f"{'attention' if part == 'attn' else 'MLP'}, {_SUBSET_LABEL[split]}")
+            ax.fill_between(x, _arr(s["lo"]), _arr(s["hi"]), color=colors[part], alpha=0.15, lw=0)
+    ax.axhline(0, color="0.4", lw=0.7)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("DLA on logit(a+) - logit(a-)")
+    ax.set_title("attention vs MLP (" + ", ".join(counts) + ")", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=5.5, loc="best")
+    return fig
+
+
+def plot_subspace(subspace: Mapping[str, Mapping[str, Sequence[float]]], ax: plt.Axes | None = None,
+                  n: Mapping[str, int] | None = None) -> plt.Figure:
+    """Projection of the answer-position residual on the instructed direction before and after each
+    attention layer (v2's "instruction-compliant subspace", ours); the gap is attention's push."""
+    fig, ax = _ax(ax)
+    for color, (split, s) in zip(_palette(len(subspace)), subspace.items()):
+        if not s["before"]:
+            continue
+        x = np.arange(len(s["before"]))
+        label = _SUBSET_LABEL.get(split, split) + (f" (n={n[split]})" if n and split in n else "")
+        ax.plot(x, _arr(s["before"]), color=color, ls=":", marker="o", ms=2, lw=1, label=f"{label}, before attn")
+        ax.plot(x, _arr(s["after"]), color=color, ls="-", marker="o", ms=2.5, lw=1.2, label=f"{label}, after attn")
+    ax.axhline(0, color="0.4", lw=0.7)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("projection on unit(W_U[a+] - W_U[a-])")
+    ax.set_title("instruction-compliant subspace (answer position)", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=5.5, loc="best")
+    return fig
+
+
+def plot_stability(stability: Mapping[str, Any], ax: plt.Axes | None = None, n: int | None = None) -> plt.Figure:
+    """C12: correlation of the INSSD curve on a fraction of the samples with the full curve, per edge."""
+    fig, ax = _ax(ax)
+    fr = np.array(stability["fractions"])
+    for color, (edge, r) in zip(_palette(len(stability["corr"])), stability["corr"].items()):
+        ax.plot(fr, _arr(r), color=color, marker="o", ms=2.5, lw=1.2, label=edge)
+    ax.set_xlabel("fraction of the samples")
+    ax.set_ylabel("Pearson r with the full curve")
+    values = np.concatenate([_arr(r) for r in stability["corr"].values()] + [np.zeros(1)])
+    ax.set_ylim(min(-0.05, float(values[np.isfinite(values)].min()) - 0.05), 1.05)
+    ax.set_title("stability of the knockout curves" + (f" (n={n})" if n is not None else ""), fontsize=8)
+    ax.legend(fontsize=5.5, loc="lower right")
+    return fig
