@@ -27,8 +27,10 @@ $(STAMP): pyproject.toml
 reproduce: $(STAMP)
 	$(PY) -m mfutils reproduce --model $(MODEL) $(if $(filter 1,$(SMOKE)),--smoke,)
 
+# Unit, property, architecture and chain tests, then every notebook at its default parameters (nbval).
+# Outputs go to a temporary folder (MF_OUT), never over figures/ and results/.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	MF_OUT=$$(mktemp -d) $(PY) -m pytest -q tests notebooks --nbval-lax --current-env -p no:cacheprovider
 
 retrain: $(STAMP)
 	$(PY) -m mfutils train
