@@ -1,0 +1,36 @@
+"""The whole chain end to end with smoke=True: on the default model and on a random Qwen2.5-VL."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mfutils.chain import PLANNED, built_notebooks, run_chain
+from mfutils.paths import checkpoint_dir, model_slug
+
+
+@pytest.mark.parametrize("model", ["tiny", "random:qwen2_5_vl"])
+def test_chain_smoke(model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if model == "tiny" and not (checkpoint_dir() / "model.safetensors").exists():
+        pytest.fail("the shipped model checkpoints/tiny-llava is missing: run `make retrain`")
+    monkeypatch.setenv("MF_OUT", str(tmp_path))
+    assert run_chain(model=model, smoke=True) == 0
+    slug = model_slug(model)
+    for nb in built_notebooks():
+        executed = tmp_path / "figures" / slug / "notebooks" / nb.name
+        assert executed.exists(), executed
+        cells = json.loads(executed.read_text())["cells"]
+        assert not any(o.get("output_type") == "error" for c in cells for o in c.get("outputs", []))
+    assert list((tmp_path / "figures" / slug).glob("*.png")), "no figure was written"
+    timings = json.loads((tmp_path / "figures" / slug / "notebooks" / "chain_timings.json").read_text())
+    assert set(timings["seconds"]) == {nb.stem for nb in built_notebooks()}
+    built = {nb.stem for nb in built_notebooks()}
+    analyses_built = all(stem in built for stem, _ in PLANNED[2:7])
+    report = tmp_path / ("paper/REPORT.md" if model == "tiny" else f"results/{slug}/REPORT.md")
+    if analyses_built:
+        text = report.read_text()
+        for cid in [f"C{i}" for i in range(1, 13)]:
+            assert f"| {cid} |" in text
+        assert "not measured" not in text

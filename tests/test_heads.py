@@ -1,0 +1,222 @@
+"""Head scores, head sets and the blocking/amplification measures of mfutils.heads (notebooks 03-06)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mfutils import heads
+from mfutils.groups import encode
+from mfutils.hooks import active_hooks, scale_heads
+from mfutils.metrics import answer_logits, margins, targets_for
+from mfutils.models import MLLM, random_model
+from mfutils.world import Sample, make_split
+
+
+@pytest.fixture(scope="module")
+def llava() -> MLLM:
+    """A tiny random Llava that reads the world's vocabulary (4 layers x 4 heads)."""
+    return random_model("llava", seed=0)
+
+
+@pytest.fixture(scope="module")
+def samples() -> list[Sample]:
+    return make_split("identify", 6)
+
+
+def direct_drop(mm: MLLM, samples: list[Sample], head: tuple[int, int]) -> float:
+    """Mean margin drop with ``head`` blocked at the answer position, one batched full forward each way."""
+    enc = encode(mm, [s.prompt for s in samples])
+    t = targets_for(mm, samples)
+    with torch.no_grad():
+        m0 = margins(answer_logits(mm, enc), t)
+        with scale_heads(mm, {head: 0.0}, positions=enc.groups["last"]):
+            m1 = margins(answer_logits(mm, enc), t)
+    return float((m0 - m1).mean())
+
+
+# ------------------------------------------------------------------------------------------------
+# Scores
+# ------------------------------------------------------------------------------------------------
+def test_exhaustive_score_equals_direct_computation(llava: MLLM, samples: list[Sample]) -> None:
+    scores = heads.head_scores_exhaustive(llava, samples, batch_size=4, progress=False)   # 2 batches, padded
+    assert scores.shape == (llava.n_layers, llava.n_heads)
+    assert heads.fast_path_status(llava.name) == "kv-cache"
+    for head in [(0, 1), (2, 3), (3, 0)]:
+        assert float(scores[head]) == pytest.approx(direct_drop(llava, samples, head), abs=1e-5)
+    assert float(scores[2, 3]) == pytest.approx(heads.head_score_reference(llava, samples[:6], (2, 3)), abs=1e-5)
+    per = heads.head_scores_exhaustive(llava, heads.prepare(llava, samples, 3), progress=False, per_sample=True)
+    assert per.shape == (len(samples), llava.n_layers, llava.n_heads)
+    assert torch.allclose(per.mean(0), scores, atol=1e-5)
+
+
+def test_exhaustive_falls_back_to_full_forwards_on_qwen(samples: list[Sample]) -> None:
+    mm = random_model("qwen2_5_vl", n_layers=2, seed=1)
+    scores = heads.head_scores_exhaustive(mm, samples[:3], batch_size=3, progress=False)
+    assert float(scores[1, 2]) == pytest.approx(direct_drop(mm, samples[:3], (1, 2)), abs=1e-5)
+    assert active_hooks(mm) == 0
+
+
+def test_attribution_equals_autograd_gradient_times_activation(llava: MLLM, samples: list[Sample]) -> None:
+    attr = heads.head_scores_attribution(llava, samples, batch_size=4, progress=False)
+    assert attr.shape == (llava.n_layers, llava.n_heads) and torch.isfinite(attr).all()
+    # d m / d alpha at alpha = 1, where alpha scales head (2, 1) at the answer position, is a_h . dm/da_h
+    layer, head, hd = 2, 1, llava.head_dim
+    enc = encode(llava, [s.prompt for s in samples])
+    t = targets_for(llava, samples)
+    alpha = torch.ones((), requires_grad=True)
+
+    def hook(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        x = args[0]
+        where = torch.zeros(x.shape, dtype=torch.bool)
+        where[:, -1, head * hd:(head + 1) * hd] = True        # the head's slice at the answer position
+        return (torch.where(where, x * alpha, x),)
+
+    handle = llava.o_proj(layer).register_forward_pre_hook(hook)
+    try:
+        m = margins(answer_logits(llava, enc), t).mean()
+        (grad,) = torch.autograd.grad(m, [alpha])
+    finally:
+        handle.remove()
+    assert float(attr[layer, head]) == pytest.approx(float(grad), rel=1e-4, abs=1e-6)
+    assert all(p.grad is None for p in llava.model.parameters())     # no gradient left on the weights
+
+
+def test_attribution_ranks_heads_like_exhaustive(llava: MLLM, samples: list[Sample]) -> None:
+    data = heads.prepare(llava, samples, 6)
+    ex = heads.head_scores_exhaustive(llava, data, progress=False)
+    attr = heads.head_scores_attribution(llava, data, progress=False)
+    agree = heads.rank_agreement(ex, attr, share=0.25)
+    assert agree["spearman"] > 0.5          # first order is close for a random model's small effects
+    assert 0.0 <= agree["top_overlap"] <= 1.0
+
+
+def test_empty_sample_sets_give_nan_not_errors(llava: MLLM) -> None:
+    assert torch.isnan(heads.head_scores_exhaustive(llava, [], progress=False)).all()
+    assert torch.isnan(heads.head_scores_attribution(llava, [], progress=False)).all()
+    flags = heads.mfr(llava, [])
+    assert flags.shape == (0,) and flags.dtype == torch.bool
+    summary = heads.block_summary([], flags)
+    assert summary["all"]["n"] == 0 and math.isnan(summary["follow_image"]["rate"])
+    assert math.isnan(heads.relative_drop(flags, flags)["mean"])
+    doc = heads.amplification_experiment(llava, [], [], [(0, 0)], alphas=[1, 2], n_random=2, progress=False)
+    assert doc["n_failed"] == 0 and doc["arbitration"]["n"] == 0 and doc["best"]["alpha"] is None
+    assert math.isnan(doc["identified"]["recovery"][1]["rate"])
+
+
+# ------------------------------------------------------------------------------------------------
+# Head sets
+# ------------------------------------------------------------------------------------------------
+def test_top_heads_and_agreement() -> None:
+    scores = torch.arange(64, dtype=torch.float32).reshape(8, 8)
+    assert heads.n_top(8, 8, 0.05) == 3 and heads.n_top(8, 8, 0.01) == 1 and heads.n_top(8, 8, 0.1) == 6
+    assert heads.top_heads(scores, 0.05) == [(7, 7), (7, 6), (7, 5)]
+    scores[0, 0] = float("nan")
+    assert (0, 0) not in heads.top_heads(scores, 1.0)[:63]
+    a = np.random.default_rng(0).normal(size=(4, 5))
+    assert heads.rank_agreement(a, a)["spearman"] == pytest.approx(1.0)
+    assert heads.rank_agreement(a, -a)["spearman"] == pytest.approx(-1.0)
+    assert heads.rank_agreement(a, a, 0.2)["top_overlap"] == 1.0
+    assert heads.rank_agreement(a, -a, 0.2)["top_overlap"] == 0.0
+
+
+def test_random_head_sets_sizes_reproducibility_and_exclusion() -> None:
+    sets = heads.random_head_sets(8, 8, k=3, n_sets=10, seed=0)
+    assert len(sets) == 10 and all(len(s) == 3 == len(set(s)) for s in sets)
+    assert all(0 <= l < 8 and 0 <= h < 8 for s in sets for l, h in s)
+    assert sets == heads.random_head_sets(8, 8, k=3, n_sets=10, seed=0)
+    assert sets != heads.random_head_sets(8, 8, k=3, n_sets=10, seed=1)
+    excluded = [(l, h) for l in range(8) for h in range(8) if (l + h) % 2 == 0]
+    kept = heads.random_head_sets(8, 8, k=5, n_sets=20, seed=3, exclude=excluded)
+    assert not {hd for s in kept for hd in s} & set(excluded)
+    with pytest.raises(ValueError, match="cannot draw"):
+        heads.random_head_sets(2, 2, k=3, n_sets=1, seed=0, exclude=[(0, 0), (1, 1)])
+
+
+# ------------------------------------------------------------------------------------------------
+# MFR and summaries
+# ------------------------------------------------------------------------------------------------
+def test_mfr_with_alpha_one_equals_baseline(llava: MLLM, samples: list[Sample]) -> None:
+    base = heads.mfr(llava, samples, batch_size=4)
+    data = heads.prepare(llava, samples, 4)
+    for positions in ("all", "last"):
+        same = heads.mfr(llava, data, heads=[(0, 1), (3, 2)], alpha=1.0, positions=positions)
+        assert torch.equal(same, base)
+    with torch.no_grad():
+        enc = encode(llava, [s.prompt for s in samples])
+        logits = answer_logits(llava, enc)
+        with scale_heads(llava, {(0, 1): 1.0, (3, 2): 1.0}):
+            assert torch.equal(answer_logits(llava, enc), logits)
+    with pytest.raises(ValueError, match="positions"):
+        heads.mfr(llava, data, positions="first")
+    with pytest.raises(ValueError, match="out of range"):
+        heads.mfr(llava, data, heads=[(9, 0)])
+
+
+def test_blocking_every_head_changes_answers_and_order_is_kept(llava: MLLM, samples: list[Sample]) -> None:
+    every = [(l, h) for l in range(llava.n_layers) for h in range(llava.n_heads)]
+    sorted_batches = heads.mfr(llava, heads.prepare(llava, samples, 2), heads=every, alpha=0.0)
+    one_by_one = torch.cat([heads.mfr(llava, [s], heads=every, alpha=0.0) for s in samples])
+    assert torch.equal(sorted_batches, one_by_one)
+
+
+def test_relative_drop_and_spread() -> None:
+    base = np.array([1, 1, 1, 1, 0, 1, 1, 1, 1, 1], dtype=bool)
+    blocked = np.array([1, 0, 1, 0, 0, 1, 0, 1, 0, 1], dtype=bool)
+    rd = heads.relative_drop(base, blocked, n_boot=200)
+    assert rd["mean"] == pytest.approx((0.9 - 0.5) / 0.9) and rd["n"] == 10
+    assert rd["lo"] <= rd["mean"] <= rd["hi"]
+    assert math.isnan(heads.relative_drop(np.zeros(4, bool), np.zeros(4, bool))["mean"])
+    sp = heads.spread([0.5, 0.7, float("nan")])
+    assert sp["mean"] == pytest.approx(0.6) and sp["sd"] == pytest.approx(np.std([0.5, 0.7], ddof=1))
+    assert math.isnan(heads.spread([0.3])["sd"])
+
+
+def test_identification_doc_and_json_round_trip(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MF_ROOT", str(tmp_path))
+    ex = torch.tensor([[0.0, 2.0, -1.0, 0.5], [1.0, float("nan"), 0.0, 0.5]])
+    doc = heads.identification_doc("random:llava", ex, ex * 0.9, share=0.25, n_identify=5)
+    assert doc["k"] == 2 and doc["identified"] == [[0, 1], [1, 0]]
+    assert doc["top_share_of_score"] == pytest.approx(3.0 / 4.0)
+    assert doc["per_layer_top_count"] == [1, 1] and doc["spearman"] == pytest.approx(1.0)
+    path = heads.save_json(doc, "random:llava", "03_head_identification")
+    assert json.loads(path.read_text())["scores_exhaustive"][1][1] is None      # NaN -> null
+    back = heads.load_identification("random:llava")
+    assert back["identified"] == [(0, 1), (1, 0)] and torch.isnan(back["scores_exhaustive"][1, 1])
+    with pytest.raises(FileNotFoundError, match="run 03 first"):
+        heads.load_identification("tiny")
+
+
+# ------------------------------------------------------------------------------------------------
+# Hooks never leak
+# ------------------------------------------------------------------------------------------------
+def test_hooks_are_removed_after_an_exception(llava: MLLM, samples: list[Sample],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    before = active_hooks(llava)
+    with pytest.raises(RuntimeError, match="boom"):
+        with heads._o_proj_inputs(llava) as acts:
+            answer_logits(llava, encode(llava, [samples[0].prompt]))
+            assert len(acts) == llava.n_layers and active_hooks(llava) == before + llava.n_layers
+            raise RuntimeError("boom")
+    assert active_hooks(llava) == before
+
+    calls = {"n": 0}
+    real = heads.margins
+
+    def flaky(*args: object, **kwargs: object) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("boom")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(heads, "margins", flaky)
+    for run in (lambda: heads.head_scores_exhaustive(llava, samples, batch_size=3, progress=False),
+                lambda: heads.head_scores_attribution(llava, samples, batch_size=2, progress=False)):
+        calls["n"] = 0
+        with pytest.raises(RuntimeError, match="boom"):
+            run()
+        assert active_hooks(llava) == before

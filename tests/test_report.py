@@ -1,0 +1,87 @@
+"""The verdict rules of paper/claims.yaml, applied by mfutils.report, on constructed results."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mfutils import report
+from mfutils.paths import results_dir
+
+
+def _curve(values: list[float], half_width: float = 0.02, n: int = 100) -> dict:
+    return {"start": list(range(len(values))), "inssd": values, "lo": [v - half_width for v in values],
+            "hi": [v + half_width for v in values], "flip": [0.0] * len(values), "n": n}
+
+
+def _flow(shallow: float, deep: float, failed_deep: float, n_failed: int = 50) -> dict:
+    L = 8
+    c_in = _curve([shallow] * 4 + [0.0] * 4)
+    c_last = _curve([0.0] * 4 + [deep] * 4)
+    ko = {e: {s: c_in for s in ("all", "follow_image", "follow_text", "succeeded", "failed")}
+          for e in ("image->instruction", "context->instruction", "image+context->instruction")}
+    ko["instruction->last"] = {s: c_last for s in ("all", "follow_image", "follow_text", "succeeded")}
+    ko["instruction->last"]["failed"] = _curve([0.0] * 4 + [failed_deep] * 4)
+    ko["image+context->constraint"] = {"all": _curve([0.0] * 8)}
+    rate = {"rate": [0.5] * 9, "lo": [0.4] * 9, "hi": [0.6] * 9, "n": 100}
+    dla = {"mean": [0.1] * 8, "lo": [0.05] * 8, "hi": [0.2] * 8, "n": 100}
+    mlp = {"mean": [-0.1] * 8, "lo": [-0.2] * 8, "hi": [-0.05] * 8, "n": 100}
+    return {"n_layers": L, "window": 1, "n": {"test": 100, "failed": n_failed, "system": 50, "instruction_last": 50},
+            "knockout": ko, "controls": {"system": {"image+context->system": {"all": _curve([0.0] * 8)}}},
+            "ldar": {"anchor_last": {**rate, "rate": [0.5] * 5 + [0.97] * 4}, "anchor_mean": rate, "last": rate},
+            "dla": {"attn": {"follow_image": dla, "follow_text": dla}, "mlp": {"follow_image": mlp, "follow_text": mlp}},
+            "stability": {"fractions": [0.2, 1.0], "corr": {"image->instruction": [0.95, 1.0]}}}
+
+
+def _write(model: str, name: str, doc: dict) -> None:
+    (results_dir(model) / f"{name}.json").write_text(json.dumps(doc))
+
+
+@pytest.fixture
+def out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("MF_OUT", str(tmp_path))
+    return "random:llava"
+
+
+def _verdicts(model: str) -> dict[str, str]:
+    return {v.claim: v.verdict for v in report.assess(model)}
+
+
+def test_missing_results_are_reported_as_not_measured(out: str) -> None:
+    assert set(_verdicts(out).values()) == {"not measured"}
+
+
+def test_flow_rules(out: str) -> None:
+    _write(out, "02_information_flow", _flow(shallow=-0.5, deep=-0.8, failed_deep=-0.1))
+    v = _verdicts(out)
+    assert v["C1"] == "reproduced" and v["C2"] == "reproduced" and v["C3"] == "reproduced"
+    assert v["C4"] == "reproduced" and v["C10"] == "reproduced" and v["C11"] == "reproduced"
+    assert v["C12"] == "reproduced"
+    _write(out, "02_information_flow", _flow(shallow=-0.01, deep=-0.01, failed_deep=-0.01, n_failed=5))
+    v = _verdicts(out)
+    assert v["C1"] == "not reproduced" and v["C2"] == "not reproduced" and v["C10"] == "not applicable"
+    assert v["C11"] == "not reproduced"
+
+
+def test_head_rules(out: str) -> None:
+    prop = lambda r, n=100: {"rate": r, "lo": r - 0.05, "hi": r + 0.05, "k": int(r * n), "n": n}  # noqa: E731
+    _write(out, "03_head_identification", {"n_identify": 100, "n_layers": 8, "n_heads": 8, "k": 3,
+                                           "top_share_of_score": 0.3, "spearman": 0.8, "top_overlap": 0.67})
+    _write(out, "04_block_heads", {"k": 3, "n_random_sets": 10, "base": {"all": prop(0.9)}, "identified": {"all": prop(0.3)},
+                                   "relative_drop": {"mean": 0.66, "lo": 0.5, "hi": 0.8, "n": 100},
+                                   "random_relative_drop": {"mean": 0.05, "sd": 0.02, "p95": 0.09, "values": [0.05] * 10}})
+    _write(out, "05_amplification", {"alphas": [1, 2], "n_failed": 40, "best": {"alpha": 2, "recovery": prop(0.5, 40)},
+                                     "random": {"recovery_mean": [0.0, 0.05], "recovery_sd": [0, 0]}, "arbitration": {"n": 10}})
+    _write(out, "06_capability_retention", {"categories": ["image_only"], "base": {"image_only": prop(0.9)},
+                                            "max_drop_identified": 0.2, "max_drop_random_mean": 0.01})
+    v = _verdicts(out)
+    assert (v["C5"], v["C6"], v["C8"], v["C9"]) == ("reproduced",) * 4
+    assert v["C7"] == "not reproduced"  # a 0.2 drop is beyond retention_partly
+
+
+def test_report_file_has_every_claim(out: str) -> None:
+    path = report.write_report(out)
+    text = path.read_text()
+    assert all(f"| C{i} |" in text for i in range(1, 13))
