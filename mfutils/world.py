@@ -95,10 +95,12 @@ INSTRUCTION_TEMPLATES: tuple[str, ...] = (
     "the {O} may be wrong , so follow the {M} .",
     "follow the {M} .",
     "do not trust the {O} , use the {M} .",
-    # held out: evaluation only
-    "answer according to the {M} .",
-    "disregard the {O} .",
-    "when they disagree , the {M} wins .",
+    # held out: evaluation only. New combinations and orders of words that training does use: a word that
+    # never occurs in training has an untrained embedding, so it could not test reading the instruction
+    # (a first model, v0, met "disregard" and "according" only here and scored 0.71-0.78 on them).
+    "rely only on the {M} .",
+    "do not look at the {O} .",
+    "the {M} matters , not the {O} .",
     "look only at the {M} and not at the {O} .",
 )
 HELDOUT_TEMPLATES: tuple[int, ...] = (12, 13, 14, 15)
@@ -342,7 +344,7 @@ def dataset_checksum(samples: Sequence[Sample]) -> str:
 # ------------------------------------------------------------------------------------------------
 # Named splits: fixed by seed, disjoint from training (seed 0) and from each other
 # ------------------------------------------------------------------------------------------------
-DATASET_VERSION = 1  # bump when the world's generator changes; manifests record it
+DATASET_VERSION = 2  # bump when the world's generator changes; manifests record it
 
 SPLITS: dict[str, dict[str, object]] = {
     # identification of heads (C5): conflict samples of both instructions

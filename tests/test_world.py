@@ -94,3 +94,12 @@ def test_images_show_the_object_and_text_only_images_are_empty() -> None:
     # the object is bright on a dark background; a text-only image is background only
     assert s[0].prompt.image.max() > 120
     assert make_samples(1, 1, "text_only")[0].prompt.image.max() < 120
+
+
+def test_heldout_templates_use_only_words_seen_in_training() -> None:
+    # a word never seen in training has an untrained embedding: held-out paraphrases must be new
+    # combinations of known words, or they test nothing about reading the instruction
+    seen = {w for i, t in enumerate(INSTRUCTION_TEMPLATES) if i not in HELDOUT_TEMPLATES for w in t.split()}
+    for i in HELDOUT_TEMPLATES:
+        assert set(INSTRUCTION_TEMPLATES[i].split()) <= seen, INSTRUCTION_TEMPLATES[i]
+        assert INSTRUCTION_TEMPLATES[i] not in [t for j, t in enumerate(INSTRUCTION_TEMPLATES) if j != i]
