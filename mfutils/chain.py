@@ -12,6 +12,8 @@ built_notebooks() -> list[Path]  the source notebooks present in notebooks/
 describe_chain() -> str          built vs planned, one line each
 run_chain(model, smoke, only) -> int   run the chain; returns a process exit code
 kernel_name() -> str             the Jupyter kernel the chain uses
+store_checked_outputs(model) -> list[str]   copy the outputs of ``# NBVAL_CHECK_OUTPUT`` cells from the
+                                 executed copies into the source notebooks (after a deliberate change)
 
 Example::
 
@@ -28,7 +30,7 @@ from typing import Sequence
 
 from .paths import figures_dir, notebooks_dir, repo_root
 
-__all__ = ["PLANNED", "built_notebooks", "describe_chain", "run_chain", "kernel_name"]
+__all__ = ["PLANNED", "built_notebooks", "describe_chain", "run_chain", "kernel_name", "store_checked_outputs"]
 
 PLANNED: tuple[tuple[str, str], ...] = (
     ("00_model", "the default model: its card and baseline modality-following ratios"),
@@ -110,3 +112,30 @@ def run_chain(model: str = "tiny", smoke: bool = False, only: Sequence[str] | No
         path = write_report(model)
         print(f"wrote {_rel(path)}")
     return 0
+
+
+def store_checked_outputs(model: str = "tiny") -> list[str]:
+    """Copy the outputs of the cells marked ``# NBVAL_CHECK_OUTPUT`` from the executed copies of the last
+    full run (``figures/<model>/notebooks/``) into the source notebooks, which keep no other outputs.
+    nbval compares those cells in ``make test``. Returns the notebooks changed."""
+    import nbformat
+
+    changed = []
+    for src in built_notebooks():
+        executed = figures_dir(model, create=False) / "notebooks" / src.name
+        if not executed.exists():
+            continue
+        nb, ex = nbformat.read(src, as_version=4), nbformat.read(executed, as_version=4)
+        ex_by_source = {c.source: c for c in ex.cells if c.cell_type == "code"}
+        touched = False
+        for cell in nb.cells:
+            if cell.cell_type == "code" and cell.source.lstrip().startswith("# NBVAL_CHECK_OUTPUT"):
+                done = ex_by_source.get(cell.source)
+                if done is None:
+                    raise ValueError(f"{executed} has no cell matching a checked cell of {src.name}: rerun the chain")
+                cell.outputs, cell.execution_count = done.outputs, 1
+                touched = True
+        if touched:
+            nbformat.write(nb, src)
+            changed.append(src.name)
+    return changed

@@ -7,6 +7,7 @@ train       train the embedded default model (``make retrain``) and write its mo
 card        (re)write the model card of a trained checkpoint (evaluation included)
 eval        accuracy per category on fresh samples, with n and 95% intervals (``--json``: one JSON line)
 reproduce   run the notebook chain with papermill and write paper/REPORT.md (``make reproduce``)
+store-checked  copy the outputs of NBVAL_CHECK_OUTPUT cells of the last full run into the source notebooks
 
 Every command has ``--help``.
 """
@@ -92,6 +93,14 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     return run_chain(model=args.model, smoke=args.smoke, only=args.only)
 
 
+def _cmd_store_checked(args: argparse.Namespace) -> int:
+    from .chain import store_checked_outputs
+
+    changed = store_checked_outputs(args.model)
+    print("updated: " + (", ".join(changed) if changed else "nothing (no executed copies or no checked cells)"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .train import TrainConfig
     from .world import HELDOUT_SEEDS, TRAIN_SEED
@@ -133,6 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--smoke", action="store_true", help="tiny sample counts (CI-sized run)")
     s.add_argument("--only", nargs="*", default=None, help="notebook name prefixes to run (e.g. 00 01)")
     s.set_defaults(func=_cmd_reproduce)
+
+    s = sub.add_parser("store-checked", help="store the outputs of NBVAL_CHECK_OUTPUT cells in the sources",
+                       description="After a deliberate change and a full `make reproduce`, copy the outputs of "
+                                   "the cells marked # NBVAL_CHECK_OUTPUT from figures/<model>/notebooks/ into "
+                                   "notebooks/, where nbval compares them.")
+    s.add_argument("--model", default="tiny")
+    s.set_defaults(func=_cmd_store_checked)
     return p
 
 

@@ -96,7 +96,7 @@ def plot_accuracy_bars(table: Sequence[dict[str, Any]], ax: plt.Axes | None = No
         rows = [r for r in table if hue is None or r[hue] == h]
         pos = [xs.index(r[x]) - 0.4 + width * (j + 0.5) for r in rows]
         rates = [r["rate"] for r in rows]
-        err = [[r["rate"] - r["lo"] for r in rows], [r["hi"] - r["rate"] for r in rows]]
+        err = [[max(0.0, r["rate"] - r["lo"]) for r in rows], [max(0.0, r["hi"] - r["rate"]) for r in rows]]
         ax.bar(pos, rates, width=width * 0.92, color=colors[j], label=h, yerr=err, capsize=2, error_kw={"lw": 0.8})
     ax.set_xticks(range(len(xs)), [str(v).replace("_", "\n") for v in xs], fontsize=7)
     ax.set_ylim(0, 1.05)

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-COMMANDS = ["info", "train", "card", "eval", "reproduce"]
+COMMANDS = ["info", "train", "card", "eval", "reproduce", "store-checked"]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
