@@ -19,7 +19,7 @@ Example::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch.nn as nn
 
@@ -65,7 +65,7 @@ ARCHS: dict[str, ArchSpec] = {
         image_placeholder="<image>",
         template="USER: {user} ASSISTANT:",
     ),
-    "qwen2_vl": ArchSpec(
+    "qwen2_vl": (_QWEN2_VL := ArchSpec(
         name="qwen2_vl",
         model_types=("qwen2_vl",),
         model_class="Qwen2VLForConditionalGeneration",
@@ -81,24 +81,10 @@ ARCHS: dict[str, ArchSpec] = {
             "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
             "<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
         ),
-    ),
-    "qwen2_5_vl": ArchSpec(
-        name="qwen2_5_vl",
-        model_types=("qwen2_5_vl",),
-        model_class="Qwen2_5_VLForConditionalGeneration",
-        layers="model.language_model.layers",
-        attn="self_attn",
-        o_proj="self_attn.o_proj",
-        mlp="mlp",
-        final_norm="model.language_model.norm",
-        unembed="lm_head",
-        image_token="<|image_pad|>",
-        image_placeholder="<|vision_start|><|image_pad|><|vision_end|>",
-        template=(
-            "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-            "<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
-        ),
-    ),
+    )),
+    # Qwen2.5-VL shares Qwen2-VL's layout and template (the vision tower differs, which no hook touches)
+    "qwen2_5_vl": replace(_QWEN2_VL, name="qwen2_5_vl", model_types=("qwen2_5_vl",),
+                          model_class="Qwen2_5_VLForConditionalGeneration"),
 }
 
 
