@@ -48,12 +48,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .evaluate import candidate_ids
 from .groups import Encoded, TokenGroups, edge_block, encode
 from .hooks import KnockoutError, capture, logit_lens, residual_stream
-from .metrics import EPS, Targets, follows, inssd, margins, targets_for
+from .metrics import EPS, follows, inssd, margins, targets_for
 from .models import MLLM
 from .paths import results_dir
-from .stats import bootstrap_ci, proportion, summarize
+from .prompts import Prompt
+from .stats import proportion, summarize
+from .world import Sample
 
 __all__ = [
     "EDGES", "MAIN_EDGES", "CONTROL_EDGES", "SALIENCY_PAIRS", "SUBSETS", "FRACTIONS", "windows", "parse_edge",
@@ -119,7 +122,7 @@ def _batches(n: int, batch_size: int) -> list[slice]:
     return [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
 
 
-def _prompts(samples: Sequence[Any]) -> list[Any]:
+def _prompts(samples: Sequence[Sample]) -> list[Prompt]:
     return [s.prompt for s in samples]
 
 
@@ -373,7 +376,7 @@ class SweepResult:
 
 
 @torch.no_grad()
-def knockout_sweep(mm: MLLM, samples: Sequence[Any], edges: Sequence[str], k: int, batch_size: int = 64,
+def knockout_sweep(mm: MLLM, samples: Sequence[Sample], edges: Sequence[str], k: int, batch_size: int = 64,
                    progress: bool = True, tags: Sequence[str] | None = None) -> SweepResult:
     """Knock out each edge in each window of ``k`` layers (all heads) and record per-sample margins.
 
@@ -428,8 +431,8 @@ def knockout_sweep(mm: MLLM, samples: Sequence[Any], edges: Sequence[str], k: in
 
 
 @torch.no_grad()
-def find_failures(mm: MLLM, samples: Sequence[Any], batch_size: int = 64, cap: int | None = None,
-                  progress: bool = False) -> list[Any]:
+def find_failures(mm: MLLM, samples: Sequence[Sample], batch_size: int = 64, cap: int | None = None,
+                  progress: bool = False) -> list[Sample]:
     """The conflict samples whose instructed answer is not the model's answer (``metrics.follows`` False),
     in order, at most ``cap`` of them.
 
@@ -437,7 +440,7 @@ def find_failures(mm: MLLM, samples: Sequence[Any], batch_size: int = 64, cap: i
 
         failed = find_failures(mm, load_split("tiny", "fail_pool"), cap=200)
     """
-    out: list[Any] = []
+    out: list[Sample] = []
     conflict = [s for s in samples if s.other_answer is not None]
     for part in tqdm(_batches(len(conflict), batch_size), desc="find failures", disable=not progress):
         chunk = conflict[part]
@@ -453,7 +456,7 @@ def find_failures(mm: MLLM, samples: Sequence[Any], batch_size: int = 64, cap: i
 # ------------------------------------------------------------------------------------------------
 # Saliency ("Label Words are Anchors", Wang et al. 2023)
 # ------------------------------------------------------------------------------------------------
-def saliency(mm: MLLM, samples: Sequence[Any], batch_size: int = 16, pairs: Sequence[str] = SALIENCY_PAIRS,
+def saliency(mm: MLLM, samples: Sequence[Sample], batch_size: int = 16, pairs: Sequence[str] = SALIENCY_PAIRS,
              progress: bool = True, abs_per_head: bool = False) -> dict[str, np.ndarray]:
     """Information-flow saliency per layer and group pair: {pair: ndarray [L]}, non-negative.
 
@@ -526,7 +529,7 @@ def _lens_diff(mm: MLLM, hidden: torch.Tensor, d: torch.Tensor, b: torch.Tensor)
 
 
 @torch.no_grad()
-def ldar(mm: MLLM, samples: Sequence[Any], batch_size: int = 64, progress: bool = True) -> dict[str, Any]:
+def ldar(mm: MLLM, samples: Sequence[Sample], batch_size: int = 64, progress: bool = True) -> dict[str, Any]:
     """Latent Decision Agreement Rate per hidden state (layer 0 = embeddings ... L = last layer output).
 
     Our reconstruction (the paper names LDAR but does not define it publicly): at hidden state l the logit
@@ -548,8 +551,6 @@ def ldar(mm: MLLM, samples: Sequence[Any], batch_size: int = 64, progress: bool 
             and s.text_answer is not None and s.image_answer != s.text_answer]
     reads = ("anchor_last", "anchor_mean", "last")
     agree: dict[str, list[np.ndarray]] = {r: [] for r in reads}
-    from .evaluate import candidate_ids
-
     for part in tqdm(_batches(len(keep), batch_size), desc="LDAR", disable=not progress):
         chunk = keep[part]
         enc = encode(mm, _prompts(chunk)).to(mm.device)
@@ -643,7 +644,7 @@ def _rms_scale(mm: MLLM, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def dla(mm: MLLM, samples: Sequence[Any], batch_size: int = 64, progress: bool = True) -> DLAResult:
+def dla(mm: MLLM, samples: Sequence[Sample], batch_size: int = 64, progress: bool = True) -> DLAResult:
     """Direct logit attribution of each layer's attention and MLP output at the answer position.
 
     Contribution of a component c: (W_U[a+] - W_U[a-]) . (g * c / rms(x_L)), with a+ the instructed answer,
@@ -744,8 +745,8 @@ def subset_masks(sweep: SweepResult) -> dict[str, np.ndarray]:
             "failed": ~sweep.follows}
 
 
-def run_information_flow(mm: MLLM, model_name: str, test_samples: Sequence[Any], failed_samples: Sequence[Any],
-                         system_samples: Sequence[Any], instruction_last_samples: Sequence[Any], k: int = 1,
+def run_information_flow(mm: MLLM, model_name: str, test_samples: Sequence[Sample], failed_samples: Sequence[Sample],
+                         system_samples: Sequence[Sample], instruction_last_samples: Sequence[Sample], k: int = 1,
                          batch_size: int = 64, seed: int = 0, n_boot: int = 1000,
                          fractions: Sequence[float] = FRACTIONS, saliency_batch_size: int | None = None,
                          progress: bool = True) -> dict[str, Any]:

@@ -31,6 +31,8 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
 from .plots import COLUMN_WIDTH, set_theme
 
@@ -77,25 +79,40 @@ def plot_knockout(knockout: Mapping[str, Mapping[str, Any]], edges: Sequence[str
     """
     fig, ax = _ax(ax)
     colors = _palette(len(edges))
+    handles: list[Any] = []
+    styles = {sub: _LINESTYLES.get(sub, "-") for sub in subsets}
+    if len(set(styles.values())) < len(styles):      # subsets without a style of their own
+        styles = dict(zip(subsets, ("-", "--", ":", "-.")))
+    drawn: dict[str, int] = {}
     for color, edge in zip(colors, edges):
+        shown = False
         for subset in subsets:
             s = knockout.get(edge, {}).get(subset)
             if not s or not s["n"]:
                 continue
             x, y = np.array(s["start"]), _arr(s["inssd"])
-            label = f"{edge}" + (f" [{_SUBSET_LABEL.get(subset, subset)}]" if len(subsets) > 1 else "")
-            ax.plot(x, y, color=color, ls=_LINESTYLES.get(subset, "-"), marker="o", ms=2.5, lw=1.2,
-                    label=f"{label} (n={s['n']})")
+            ax.plot(x, y, color=color, ls=styles[subset], marker="o", ms=2.5, lw=1.2)
             if bands:
-                ax.fill_between(x, _arr(s["lo"]), _arr(s["hi"]), color=color, alpha=0.15, lw=0)
+                ax.fill_between(x, _arr(s["lo"]), _arr(s["hi"]), color=color, alpha=0.12, lw=0)
+            drawn[subset] = s["n"]
+            shown = True
+        if shown:
+            handles.append(Line2D([], [], color=color, lw=1.2, marker="o", ms=2.5, label=edge))
+    if len(subsets) > 1:
+        for subset in subsets:
+            label = _SUBSET_LABEL.get(subset, subset)
+            handles.append(Line2D([], [], color="0.3", lw=1.2, ls=styles[subset],
+                                  label=f"{label} (n={drawn[subset]})" if subset in drawn else f"{label} (n=0)"))
     ax.axhline(0, color="0.4", lw=0.7)
     ax.axhline(-1, color="0.6", lw=0.6, ls=":")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(_window_label(window))
     ax.set_ylabel("INSSD (ours)")
     if title:
         ax.set_title(title, fontsize=8)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=5.5, loc="best")
+    if handles:
+        ax.legend(handles=handles, fontsize=5.5, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2,
+                  frameon=False)
     return fig
 
 
@@ -105,7 +122,7 @@ def plot_knockout_panels(doc: Mapping[str, Any], subsets: Sequence[str] = ("foll
     """One ``plot_knockout`` panel per edge group of ``panels`` (shared y axis), split by ``subsets``."""
     set_theme()
     if axes is None:
-        fig, axes_arr = plt.subplots(1, len(panels), figsize=(COLUMN_WIDTH * 1.2 * len(panels), 2.8), sharey=True)
+        fig, axes_arr = plt.subplots(1, len(panels), figsize=(COLUMN_WIDTH * 1.2 * len(panels), 3.6), sharey=True)
         axes = list(np.atleast_1d(axes_arr))
     else:
         fig = axes[0].figure
@@ -131,6 +148,7 @@ def plot_flip_rate(knockout: Mapping[str, Mapping[str, Any]], edges: Sequence[st
         n = max(n, s["n"])
         ax.plot(s["start"], _arr(s["flip"]), color=color, marker="o", ms=2.5, lw=1.2, label=edge)
     ax.set_ylim(-0.02, 1.02)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(_window_label(window))
     ax.set_ylabel("flip rate")
     ax.set_title(f"decision flips under knockout ({_SUBSET_LABEL.get(subset, subset)}, n={n})", fontsize=8)
@@ -145,7 +163,7 @@ def plot_controls(doc: Mapping[str, Any], axes: Sequence[plt.Axes] | None = None
     set_theme()
     controls = doc["controls"]
     if axes is None:
-        fig, axes_arr = plt.subplots(1, len(controls), figsize=(COLUMN_WIDTH * 1.2 * len(controls), 2.8),
+        fig, axes_arr = plt.subplots(1, len(controls), figsize=(COLUMN_WIDTH * 1.2 * len(controls), 3.4),
                                      sharey=True)
         axes = list(np.atleast_1d(axes_arr))
     else:
@@ -171,6 +189,7 @@ def plot_saliency(saliency: Mapping[str, Sequence[float]], ax: plt.Axes | None =
     finite = finite[np.isfinite(finite)]
     if log and finite.size and (finite > 0).all():
         ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("layer")
     ax.set_ylabel("saliency (mean over edges)")
     ax.set_title("information-flow saliency" + (f" (n={n})" if n is not None else ""), fontsize=8)
@@ -197,6 +216,7 @@ def plot_ldar(ldar: Mapping[str, Mapping[str, Any]], ax: plt.Axes | None = None,
     ax.axhline(reference, color="0.3", lw=0.7, ls="--", label=f"{reference:.0%} (paper's threshold)")
     ax.axhline(0.5, color="0.6", lw=0.6, ls=":")
     ax.set_ylim(-0.02, 1.02)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("hidden state (0 = embeddings)")
     ax.set_ylabel("LDAR (ours)")
     ax.set_title(f"latent decision agreement (conflict samples, n={n})", fontsize=8)
@@ -222,6 +242,7 @@ def plot_dla(dla: Mapping[str, Mapping[str, Any]], ax: plt.Axes | None = None) -
                     label=f"{'attention' if part == 'attn' else 'MLP'}, {_SUBSET_LABEL[split]}")
             ax.fill_between(x, _arr(s["lo"]), _arr(s["hi"]), color=colors[part], alpha=0.15, lw=0)
     ax.axhline(0, color="0.4", lw=0.7)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("layer")
     ax.set_ylabel("DLA on logit(a+) - logit(a-)")
     ax.set_title("attention vs MLP (" + ", ".join(counts) + ")", fontsize=8)
@@ -243,6 +264,7 @@ def plot_subspace(subspace: Mapping[str, Mapping[str, Sequence[float]]], ax: plt
         ax.plot(x, _arr(s["before"]), color=color, ls=":", marker="o", ms=2, lw=1, label=f"{label}, before attn")
         ax.plot(x, _arr(s["after"]), color=color, ls="-", marker="o", ms=2.5, lw=1.2, label=f"{label}, after attn")
     ax.axhline(0, color="0.4", lw=0.7)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("layer")
     ax.set_ylabel("projection on unit(W_U[a+] - W_U[a-])")
     ax.set_title("instruction-compliant subspace (answer position)", fontsize=8)
