@@ -35,9 +35,9 @@ REPRODUCED, PARTLY, NOT, NA, MISSING = "reproduced", "partly", "not reproduced",
 
 # The figure that shows each claim (file stem under figures/<model>/).
 FIGURES: dict[str, str] = {
-    "C1": "02_knockout_to_instruction", "C2": "02_knockout_to_last", "C3": "02_ldar", "C4": "02_dla",
+    "C1": "02_knockout_by_instruction", "C2": "02_knockout_by_instruction", "C3": "02_ldar", "C4": "02_dla",
     "C5": "03_head_scores", "C6": "04_block_vs_random", "C7": "06_capability", "C8": "05_amplification",
-    "C9": "04_block_vs_random", "C10": "02_knockout_failed", "C11": "02_controls", "C12": "02_stability",
+    "C9": "04_block_vs_random", "C10": "02_knockout_succeeded_failed", "C11": "02_controls", "C12": "02_stability",
 }
 
 
