@@ -16,6 +16,12 @@ publishes only its abstract.
 - **MFR**: share of conflict samples answered with the instructed modality's answer
   (``metrics.follows``); on non-conflict samples the same test is plain accuracy.
 
+Performance (design section 4, prefix reuse; both shortcuts are checked on every batch against the plain
+forward and fall back to it): exhaustive scoring at the answer position shares the prompt's keys and
+values through a KV cache and runs one token per head; blocking or amplifying a head set whose lowest
+layer is l reruns only layers >= l from the recorded input of layer l. ``mfr`` itself always runs plain
+forwards under ``hooks.scale_heads`` (the reference the tests compare against).
+
 Public API
 ----------
 Prepared, prepare(mm, samples, batch_size=64) -> Prepared     encode once, reuse across interventions
@@ -63,7 +69,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .groups import Encoded, encode
-from .hooks import scale_heads
+from .hooks import logit_lens, scale_heads
 from .metrics import Targets, answer_logits, follows, margins, targets_for
 from .models import MLLM
 from .paths import results_dir
@@ -457,7 +463,8 @@ def rank_agreement(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray, s
     """Agreement of two [L, H] score tables: Spearman correlation over heads and the top-``share`` overlap.
 
     ``top_overlap`` = |top(a) & top(b)| / k. Heads with a NaN score in either table are left out of the
-    Spearman coefficient (NaN when fewer than 2 remain or a table is constant).
+    Spearman coefficient (NaN when fewer than 2 remain or a table is constant); ``top_overlap`` is NaN when
+    a table has no finite score.
 
     Example::
 
@@ -473,6 +480,8 @@ def rank_agreement(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray, s
         rx, ry = _ranks(x.ravel()[ok]), _ranks(y.ravel()[ok])
         if rx.std() > 0 and ry.std() > 0:
             rho = float(np.corrcoef(rx, ry)[0, 1])
+    if not (np.isfinite(x).any() and np.isfinite(y).any()):
+        return {"spearman": rho, "top_overlap": math.nan}      # no scores: the top heads would be arbitrary
     ta, tb = top_heads(x, share), top_heads(y, share)
     return {"spearman": rho, "top_overlap": len(set(ta) & set(tb)) / len(ta)}
 
@@ -576,28 +585,134 @@ def identification_doc(model_name: str, exhaustive: torch.Tensor, attribution: t
     }
 
 
+@dataclass
+class _Trace:
+    """The unmodified forward of one batch: what enters each decoder layer, and the answer logits.
+
+    ``hidden[l]``: [B, T, D] entering layer l; ``kwargs[l]``: the keyword arguments the model passed to
+    layer l (attention mask, rotary embeddings, ...); ``logits``: [B, V] at the answer position.
+    """
+
+    hidden: list[torch.Tensor]
+    kwargs: list[dict[str, Any]]
+    logits: torch.Tensor
+    last: torch.Tensor
+
+
+def _trace(mm: MLLM, batch: _Batch) -> _Trace | None:
+    """Record the layer inputs of the unmodified forward of ``batch``; None if a layer takes extra positional
+    arguments (an architecture this shortcut does not know)."""
+    L = mm.n_layers
+    hidden: dict[int, torch.Tensor] = {}
+    kwargs: dict[int, dict[str, Any]] = {}
+    odd: list[int] = []
+
+    def pre(layer: int) -> Any:
+        def hook(module: torch.nn.Module, args: tuple[Any, ...], kw: dict[str, Any]) -> None:
+            if len(args) > 1:
+                odd.append(layer)
+            hidden[layer] = args[0] if args else kw["hidden_states"]
+            kwargs[layer] = {k: v for k, v in kw.items() if k not in ("hidden_states", "past_key_values", "use_cache")}
+
+        return hook
+
+    handles = [mm.layers[l].register_forward_pre_hook(pre(l), with_kwargs=True) for l in range(L)]
+    try:
+        logits = mm.model(**batch.enc.inputs, use_cache=False, logits_to_keep=1).logits[:, -1].float()
+    finally:
+        for handle in reversed(handles):
+            handle.remove()
+    if odd or len(hidden) != L:
+        return None
+    return _Trace([hidden[l] for l in range(L)], [kwargs[l] for l in range(L)], logits,
+                  batch.enc.groups.last_index().to(logits.device))
+
+
+def _rerun(mm: MLLM, trace: _Trace, start: int) -> torch.Tensor:
+    """[B, V] answer logits from layer ``start`` on, from the recorded input of that layer (hooks active)."""
+    h = trace.hidden[start]
+    for l in range(start, mm.n_layers):
+        out = mm.layers[l](h, **trace.kwargs[l], use_cache=False, past_key_values=None)
+        h = out[0] if isinstance(out, tuple) else out
+    at_last = h[torch.arange(h.shape[0], device=h.device), trace.last.to(h.device)]
+    return logit_lens(mm, at_last).float()
+
+
+@torch.no_grad()
+def _scaled_logits(mm: MLLM, batch: _Batch, jobs: Sequence[tuple[tuple[Head, ...], float]], positions: str
+                   ) -> Iterator[torch.Tensor]:
+    """Answer logits [B, V] of ``batch`` under each job (heads, alpha), in order.
+
+    Prefix reuse (design section 4): scaling heads whose lowest layer is l leaves the input of layer l
+    unchanged, so one unmodified forward records every layer's input and each job reruns only layers >= l.
+    Verified on every batch (rerunning the last layer must reproduce the logits to 1e-4 of their scale);
+    otherwise each job is a full forward under ``hooks.scale_heads``.
+    """
+    trace = None
+    try:
+        trace = _trace(mm, batch)
+        if trace is not None:
+            tol = 1e-4 * max(1.0, float(trace.logits.abs().max()))
+            if float((_rerun(mm, trace, mm.n_layers - 1) - trace.logits).abs().max()) > tol:
+                trace = None
+    except (RuntimeError, ValueError, TypeError, KeyError):
+        trace = None
+    pos = None if positions == "all" else batch.enc.groups["last"]
+    for hs, alpha in jobs:
+        if not hs or alpha == 1.0:
+            out = trace.logits if trace is not None else answer_logits(mm, batch.enc).float()
+        else:
+            with scale_heads(mm, {h: alpha for h in hs}, positions=pos):
+                out = (_rerun(mm, trace, min(l for l, _ in hs)) if trace is not None
+                       else answer_logits(mm, batch.enc).float())
+        yield out
+
+
+_Key = tuple[tuple[Head, ...], float]
+
+
 class _FlagCache:
-    """``mfr`` results keyed by the sorted head set (and alpha), so repeated sets are computed once."""
+    """Follow flags [N] per (head set, alpha) on one prepared sample set; each pair is computed once.
+
+    ``fill`` evaluates many pairs batch by batch with prefix reuse (``_scaled_logits``); ``__call__``
+    returns (computing if needed) the flags of one pair.
+    """
 
     def __init__(self, mm: MLLM, data: Prepared, positions: str) -> None:
+        if positions not in _POSITIONS:
+            raise ValueError(f"positions must be one of {_POSITIONS}, got {positions!r}")
         self.mm, self.data, self.positions = mm, data, positions
-        self.store: dict[tuple[tuple[Head, ...], float], torch.Tensor] = {}
+        self.store: dict[_Key, torch.Tensor] = {}
 
-    def key(self, heads: Sequence[Head], alpha: float) -> tuple[tuple[Head, ...], float]:
-        hs = tuple(sorted((int(l), int(h)) for l, h in heads))
+    def key(self, heads: Sequence[Head], alpha: float) -> _Key:
+        hs = tuple(sorted(_check_heads(self.mm, heads)))
         return ((), 1.0) if not hs or alpha == 1.0 else (hs, float(alpha))
 
     def __call__(self, heads: Sequence[Head], alpha: float = 0.0) -> torch.Tensor:
         k = self.key(heads, alpha)
         if k not in self.store:
-            self.store[k] = mfr(self.mm, self.data, list(k[0]) if k[1] != 1.0 else None, alpha=k[1],
-                                positions=self.positions)
+            self.fill([k], "", progress=False)
         return self.store[k]
 
     def fill(self, jobs: Sequence[tuple[Sequence[Head], float]], desc: str, progress: bool) -> None:
-        todo = list(dict.fromkeys(self.key(h, a) for h, a in jobs))
-        for hs, a in tqdm([j for j in todo if j not in self.store], desc=desc, disable=not progress):
-            self(list(hs), a)
+        todo = [k for k in dict.fromkeys(self.key(h, a) for h, a in jobs) if k not in self.store]
+        if not todo:
+            return
+        out = {k: torch.zeros(len(self.data), dtype=torch.bool) for k in todo}
+        bar = tqdm(total=len(self.data.batches) * len(todo), desc=desc, disable=not progress)
+        try:
+            for batch in self.data.batches:
+                for k, logits in zip(todo, _scaled_logits(self.mm, batch, todo, self.positions)):
+                    out[k][batch.index] = follows(logits, batch.targets).cpu()
+                    bar.update(1)
+        finally:
+            bar.close()
+        self.store.update(out)
+
+
+def _rate(flags: torch.Tensor) -> float:
+    """k / n in float64, exactly as ``stats.proportion`` computes it (NaN when n == 0)."""
+    return float(proportion(flags.numpy())["rate"])
 
 
 def _rates(samples: Sequence[Sample] | Prepared, flags: torch.Tensor) -> dict[str, float]:
@@ -636,14 +751,14 @@ def block_experiment(mm: MLLM, samples: Sequence[Sample] | Prepared, scores: tor
 
     base, blocked = flags(()), flags(identified)
     random_rates = [_rates(data, flags(r)) for r in rsets]
-    base_rate = base.float().mean().item() if len(base) else math.nan
+    base_rate = _rate(base)
     random_drops = [float(_rel(base.numpy().astype(float), flags(r).numpy().astype(float))) if len(base) else math.nan
                     for r in rsets]
     shares_doc: dict[str, Any] = {}
     for s, (top, rs) in sweep.items():
-        rr = [flags(r).float().mean().item() if len(base) else math.nan for r in rs]
+        rr = [_rate(flags(r)) for r in rs]
         sp = spread(rr)
-        shares_doc[str(float(s))] = {"k": len(top), "identified": flags(top).float().mean().item() if len(base) else math.nan,
+        shares_doc[str(float(s))] = {"k": len(top), "identified": _rate(flags(top)),
                                      "random_mean": sp["mean"], "random_sd": sp["sd"]}
     finite = np.array([d for d in random_drops if np.isfinite(d)])
     return {
@@ -687,12 +802,13 @@ def split_pool(mm: MLLM, pool: Sequence[Sample], max_failed: int = 200, max_corr
 def amplification_experiment(mm: MLLM, failed: Sequence[Sample], correct: Sequence[Sample], heads: Sequence[Head],
                              alphas: Sequence[float] = ALPHAS, n_random: int = 10, seed: int = 0,
                              positions: str = "all", batch_size: int = 64, model_name: str | None = None,
-                             progress: bool = True) -> dict[str, Any]:
+                             progress: bool = True, random_damage: bool = False) -> dict[str, Any]:
     """Amplifying ``heads`` by each alpha on failed samples: recovery, damage, random control (05 document).
 
     recovery(alpha) = share of ``failed`` that follow with the heads scaled by alpha; damage(alpha) = share
     of ``correct`` (a separate reference set) that no longer follow. Random: ``n_random`` uniform sets of
-    ``len(heads)`` heads (``random_head_sets(..., seed)``), recovery only. Arbitration failures (ours): failed
+    ``len(heads)`` heads (``random_head_sets(..., seed)``): recovery, and with ``random_damage`` their damage
+    too (another ``n_random * len(alphas)`` evaluations of ``correct``). Arbitration failures (ours): failed
     samples whose image-only and text-only counterparts (``world.counterparts``) the model answers right.
 
     Example::
@@ -706,14 +822,16 @@ def amplification_experiment(mm: MLLM, failed: Sequence[Sample], correct: Sequen
     ff, fc = _FlagCache(mm, fdata, positions), _FlagCache(mm, cdata, positions)
     rsets = random_head_sets(mm.n_layers, mm.n_heads, len(heads), n_random, seed) if heads else []
     ff.fill([(heads, a) for a in alphas] + [(r, a) for r in rsets for a in alphas], "amplify (failed)", progress)
-    fc.fill([(heads, a) for a in alphas], "amplify (correct reference)", progress)
+    fc.fill([(heads, a) for a in alphas] + ([(r, a) for r in rsets for a in alphas] if random_damage else []),
+            "amplify (correct reference)", progress)
 
     pairs = [counterparts(s) for s in failed]
     knows_image = mfr(mm, [p[0] for p in pairs], batch_size=batch_size)
     knows_text = mfr(mm, [p[1] for p in pairs], batch_size=batch_size)
     arbitration = knows_image & knows_text
     recovery = [proportion(ff(heads, a).numpy()) for a in alphas]
-    rand = [[ff(r, a).float().mean().item() if len(fdata) else math.nan for r in rsets] for a in alphas]
+    rand = [[_rate(ff(r, a)) for r in rsets] for a in alphas]
+    rdmg = [[1.0 - _rate(fc(r, a)) if len(cdata) else math.nan for r in rsets] for a in alphas] if random_damage else []
     rates = [r["rate"] for r in recovery]
     best = int(np.nanargmax(rates)) if np.isfinite(rates).any() else None
     return {
@@ -722,7 +840,9 @@ def amplification_experiment(mm: MLLM, failed: Sequence[Sample], correct: Sequen
         "n_failed": len(fdata), "n_correct_reference": len(cdata),
         "identified": {"recovery": recovery, "damage": [proportion((~fc(heads, a)).numpy()) for a in alphas]},
         "random": {"recovery_mean": [spread(r)["mean"] for r in rand], "recovery_sd": [spread(r)["sd"] for r in rand],
-                   "recovery_rates": rand, "n_sets": len(rsets)},
+                   "recovery_rates": rand, "n_sets": len(rsets), "sets": [[list(h) for h in r] for r in rsets],
+                   **({"damage_mean": [spread(d)["mean"] for d in rdmg], "damage_sd": [spread(d)["sd"] for d in rdmg]}
+                      if random_damage else {})},
         "arbitration": {"n": int(arbitration.sum()),
                         "knows_image": proportion(knows_image.numpy()), "knows_text": proportion(knows_text.numpy()),
                         "recovery": [proportion(ff(heads, a)[arbitration].numpy()) for a in alphas]},
@@ -762,7 +882,8 @@ def capability_experiment(mm: MLLM, samples: Sequence[Sample] | Prepared, heads:
     rdrops = [base[c]["rate"] - random_doc[c]["mean"] for c in cats]
     return {
         "model": model_name or mm.name, "categories": cats, "positions": positions, "seed": int(seed),
-        "heads": [list(h) for h in heads], "n_random_sets": len(rsets), "n": {c: int((labels == c).sum()) for c in cats},
+        "heads": [list(h) for h in heads], "n_random_sets": len(rsets), "random_sets": [[list(h) for h in r] for r in rsets],
+        "n": {c: int((labels == c).sum()) for c in cats},
         "base": base, "identified": ident, "random": random_doc,
         "max_drop_identified": float(np.nanmax(drops)) if np.isfinite(drops).any() else math.nan,
         "max_drop_random_mean": float(np.nanmax(rdrops)) if np.isfinite(rdrops).any() else math.nan,

@@ -122,6 +122,8 @@ def test_top_heads_and_agreement() -> None:
     assert heads.rank_agreement(a, -a)["spearman"] == pytest.approx(-1.0)
     assert heads.rank_agreement(a, a, 0.2)["top_overlap"] == 1.0
     assert heads.rank_agreement(a, -a, 0.2)["top_overlap"] == 0.0
+    none = heads.rank_agreement(np.full((4, 5), np.nan), a)
+    assert math.isnan(none["spearman"]) and math.isnan(none["top_overlap"])
 
 
 def test_random_head_sets_sizes_reproducibility_and_exclusion() -> None:
@@ -155,6 +157,31 @@ def test_mfr_with_alpha_one_equals_baseline(llava: MLLM, samples: list[Sample]) 
         heads.mfr(llava, data, positions="first")
     with pytest.raises(ValueError, match="out of range"):
         heads.mfr(llava, data, heads=[(9, 0)])
+
+
+@pytest.mark.parametrize("positions", ["all", "last"])
+def test_prefix_reuse_equals_full_forwards(llava: MLLM, samples: list[Sample], positions: str,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    data = heads.prepare(llava, samples, 4)
+    jobs = [((), 1.0), (((1, 2), (3, 0)), 0.0), (((2, 1),), 4.0), (((3, 3),), 0.0)]
+
+    def full(batch: object, hs: tuple, alpha: float) -> torch.Tensor:
+        pos = None if positions == "all" else batch.enc.groups["last"]
+        with torch.no_grad(), scale_heads(llava, {h: alpha for h in hs}, positions=pos):
+            return answer_logits(llava, batch.enc).float()
+
+    for batch in data.batches:
+        got = list(heads._scaled_logits(llava, batch, jobs, positions))
+        for (hs, alpha), logits in zip(jobs, got):
+            assert torch.allclose(logits, full(batch, hs, alpha), atol=1e-5)
+    cache = heads._FlagCache(llava, data, positions)
+    cache.fill([(hs, a) for hs, a in jobs], "", progress=False)
+    for hs, alpha in jobs:
+        assert torch.equal(cache(list(hs), alpha), heads.mfr(llava, data, list(hs), alpha, positions))
+    monkeypatch.setattr(heads, "_trace", lambda mm, batch: None)        # the fallback: full forwards
+    fallback = heads._FlagCache(llava, data, positions)
+    assert torch.equal(fallback(list(jobs[1][0]), 0.0), cache(list(jobs[1][0]), 0.0))
+    assert active_hooks(llava) == 0
 
 
 def test_blocking_every_head_changes_answers_and_order_is_kept(llava: MLLM, samples: list[Sample]) -> None:
