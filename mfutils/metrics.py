@@ -117,6 +117,13 @@ def follows(logits: torch.Tensor, targets: Targets) -> torch.Tensor:
 
 
 def answer_logits(mm: MLLM, enc: Any, **forward_kwargs: Any) -> torch.Tensor:
-    """Logits at the answer position (the last position under left padding), [B, V]."""
-    out = mm.model(**enc.inputs, logits_to_keep=1, **forward_kwargs)
-    return out.logits[:, -1]
+    """Logits at the position that predicts the answer (the ``last`` group), [B, V].
+
+    Without appended answers that is the final position (left padding), and only its logits are computed;
+    with answers appended (``encode(..., answers=...)``) it is each sample's ``last`` position.
+    """
+    if not bool(enc.groups.answer.any()):
+        return mm.model(**enc.inputs, logits_to_keep=1, **forward_kwargs).logits[:, -1]
+    logits = mm.model(**enc.inputs, **forward_kwargs).logits
+    idx = enc.groups.last_index().to(logits.device)
+    return logits[torch.arange(logits.shape[0], device=logits.device), idx]

@@ -60,6 +60,11 @@ def _load(model: str, name: str) -> dict[str, Any] | None:
     return json.loads(p.read_text()) if p.exists() else None
 
 
+def _n(x: float | None) -> float:
+    """A JSON number, with null (NaN written by the notebooks) as NaN: every comparison with it is False."""
+    return math.nan if x is None else float(x)
+
+
 def _f(x: float | None, nd: int = 2) -> str:
     return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
 
@@ -151,7 +156,7 @@ def _c4(r: dict[str, Any], th: dict[str, float]) -> tuple[str, str]:
 
 def _c5(r: dict[str, Any], th: dict[str, float]) -> tuple[str, str]:
     h = r["03"]
-    s = h["top_share_of_score"]
+    s = _n(h["top_share_of_score"])
     v = REPRODUCED if s >= th["top_share_full"] else PARTLY if s >= th["top_share_partly"] else NOT
     return v, (f"top {h['k']} of {h['n_layers'] * h['n_heads']} heads hold {_f(s)} of the positive score mass "
                f"(uniform: {_f(h['k'] / (h['n_layers'] * h['n_heads']))}; n={h['n_identify']} identification samples); "
@@ -161,7 +166,8 @@ def _c5(r: dict[str, Any], th: dict[str, float]) -> tuple[str, str]:
 def _c6(r: dict[str, Any], th: dict[str, float]) -> tuple[str, str]:
     b = r["04"]
     d = b["relative_drop"]
-    v = REPRODUCED if d["mean"] >= th["block_drop_full"] and d["lo"] > 0 else PARTLY if d["lo"] > 0 else NOT
+    v = (REPRODUCED if _n(d["mean"]) >= th["block_drop_full"] and _n(d["lo"]) > 0
+         else PARTLY if _n(d["lo"]) > 0 else NOT)
     return v, (f"MFR {_f(b['base']['all']['rate'], 3)} -> {_f(b['identified']['all']['rate'], 3)} with the top {b['k']} heads "
                f"blocked (n={b['base']['all']['n']}); relative drop {_f(d['mean'])} [{_f(d['lo'])}, {_f(d['hi'])}]")
 
@@ -172,9 +178,9 @@ def _c7(r: dict[str, Any], th: dict[str, float]) -> tuple[str, str]:
     text = (f"largest accuracy drop over {', '.join(c['categories'])}: {_f(drop, 3)} with the identified heads blocked, "
             f"{_f(c['max_drop_random_mean'], 3)} with random heads (mean); n per category "
             f"{min(c['base'][k]['n'] for k in c['categories'])}")
-    if b is None or not b["relative_drop"]["lo"] > 0:
+    if b is None or not _n(b["relative_drop"]["lo"]) > 0:
         return NA, text + "; blocking does not degrade modality following here, so preservation is vacuous"
-    v = REPRODUCED if drop <= th["retention_full"] else PARTLY if drop <= th["retention_partly"] else NOT
+    v = REPRODUCED if _n(drop) <= th["retention_full"] else PARTLY if _n(drop) <= th["retention_partly"] else NOT
     return v, text
 
 
@@ -189,15 +195,15 @@ def _c8(r: dict[str, Any], th: dict[str, float]) -> tuple[str, str]:
             f"(n={n} failed samples); random heads at that alpha: {_f(rnd)}; arbitration failures n={a['arbitration']['n']}")
     if n < th["min_failed"]:
         return NA, text
-    v = (REPRODUCED if rec["rate"] >= th["recovery_full"]
-         else PARTLY if rec["rate"] >= th["recovery_partly"] and rec["rate"] > rnd else NOT)
+    v = (REPRODUCED if _n(rec["rate"]) >= th["recovery_full"]
+         else PARTLY if _n(rec["rate"]) >= th["recovery_partly"] and _n(rec["rate"]) > _n(rnd) else NOT)
     return v, text
 
 
 def _c9(r: dict[str, Any], th: dict[str, float]) -> tuple[str, str]:
     b = r["04"]
-    d, rd = b["relative_drop"]["mean"], b["random_relative_drop"]
-    v = REPRODUCED if d > rd["p95"] and d >= 2 * rd["mean"] else PARTLY if d > rd["mean"] else NOT
+    d, rd = _n(b["relative_drop"]["mean"]), b["random_relative_drop"]
+    v = REPRODUCED if d > _n(rd["p95"]) and d >= 2 * _n(rd["mean"]) else PARTLY if d > _n(rd["mean"]) else NOT
     return v, (f"relative MFR drop: identified {_f(d)}, random sets mean {_f(rd['mean'])} (sd {_f(rd['sd'])}, "
                f"95th percentile {_f(rd['p95'])}, {b['n_random_sets']} sets of {b['k']} heads)")
 

@@ -85,3 +85,13 @@ def test_report_file_has_every_claim(out: str) -> None:
     path = report.write_report(out)
     text = path.read_text()
     assert all(f"| C{i} |" in text for i in range(1, 13))
+
+
+def test_null_numbers_do_not_break_the_rules(out: str) -> None:
+    # a random model can follow nothing: the relative drop is then undefined (NaN written as null)
+    _write(out, "04_block_heads", {"k": 3, "n_random_sets": 10, "base": {"all": {"rate": 0.0, "lo": 0.0, "hi": 0.1, "k": 0, "n": 32}},
+                                   "identified": {"all": {"rate": 0.0, "lo": 0.0, "hi": 0.1, "k": 0, "n": 32}},
+                                   "relative_drop": {"mean": None, "lo": None, "hi": None, "n": 32},
+                                   "random_relative_drop": {"mean": None, "sd": None, "p95": None, "values": []}})
+    v = _verdicts(out)
+    assert v["C6"] == "not reproduced" and v["C9"] == "not reproduced"
