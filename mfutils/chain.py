@@ -114,6 +114,14 @@ def run_chain(model: str = "tiny", smoke: bool = False, only: Sequence[str] | No
     return 0
 
 
+_MARK = "# NBVAL_CHECK_OUTPUT"
+
+
+def _unmarked(source: str) -> str:
+    """A cell's source without the nbval marker line (so marking a cell needs no rerun)."""
+    return "\n".join(line for line in source.strip().splitlines() if line.strip() != _MARK)
+
+
 def store_checked_outputs(model: str = "tiny") -> list[str]:
     """Copy the outputs of the cells marked ``# NBVAL_CHECK_OUTPUT`` from the executed copies of the last
     full run (``figures/<model>/notebooks/``) into the source notebooks, which keep no other outputs.
@@ -126,11 +134,11 @@ def store_checked_outputs(model: str = "tiny") -> list[str]:
         if not executed.exists():
             continue
         nb, ex = nbformat.read(src, as_version=4), nbformat.read(executed, as_version=4)
-        ex_by_source = {c.source: c for c in ex.cells if c.cell_type == "code"}
+        ex_by_source = {_unmarked(c.source): c for c in ex.cells if c.cell_type == "code"}
         touched = False
         for cell in nb.cells:
-            if cell.cell_type == "code" and cell.source.lstrip().startswith("# NBVAL_CHECK_OUTPUT"):
-                done = ex_by_source.get(cell.source)
+            if cell.cell_type == "code" and cell.source.lstrip().startswith(_MARK):
+                done = ex_by_source.get(_unmarked(cell.source))
                 if done is None:
                     raise ValueError(f"{executed} has no cell matching a checked cell of {src.name}: rerun the chain")
                 cell.outputs, cell.execution_count = done.outputs, 1
