@@ -30,7 +30,7 @@ reproduce: $(STAMP)
 # Unit, property, architecture and chain tests, then every notebook at its default parameters (nbval).
 # Outputs go to a temporary folder (MF_OUT), never over figures/ and results/.
 test: $(STAMP)
-	MF_OUT=$$(mktemp -d) $(PY) -m pytest -q tests notebooks --nbval-lax --current-env -p no:cacheprovider
+	MF_OUT=$$(mktemp -d) $(PY) -m pytest -q tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
 
 retrain: $(STAMP)
 	$(PY) -m mfutils train
