@@ -173,7 +173,7 @@ def test_saliency(mm: MLLM, samples: list[Sample]) -> None:
 
 
 def test_run_information_flow_document(mm: MLLM, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("MF_ROOT", str(tmp_path))
+    monkeypatch.setenv("MF_OUT", str(tmp_path))
     test = make_split("test", 4)
     failed = flow.find_failures(mm, make_split("fail_pool", 6), cap=2)
     doc = flow.run_information_flow(mm, "random:llava", test, failed, make_split("test_system", 2),

@@ -204,7 +204,7 @@ def test_relative_drop_and_spread() -> None:
 
 
 def test_identification_doc_and_json_round_trip(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MF_ROOT", str(tmp_path))
+    monkeypatch.setenv("MF_OUT", str(tmp_path))
     ex = torch.tensor([[0.0, 2.0, -1.0, 0.5], [1.0, float("nan"), 0.0, 0.5]])
     doc = heads.identification_doc("random:llava", ex, ex * 0.9, share=0.25, n_identify=5)
     assert doc["k"] == 2 and doc["identified"] == [[0, 1], [1, 0]]
