@@ -163,7 +163,7 @@ def _segment_spans(mm: MLLM, prompt: Prompt, text: str, start: int, sample: int)
     cursor = start
     for name, seg in prompt.segments:
         needle = mm.spec.image_token if name == "image" else seg
-        pos = text.find(needle, cursor) if needle else -1
+        pos = (text.find(needle, cursor) if name == "image" else _find_whole(text, needle, cursor)) if needle else -1
         if pos < 0:
             raise SegmentNotFoundError(
                 f"segment {name!r} of sample {sample} ({needle!r}) not found in the rendered prompt after "
@@ -173,7 +173,23 @@ def _segment_spans(mm: MLLM, prompt: Prompt, text: str, start: int, sample: int)
             )
         spans[name] = (pos, pos + len(needle))
         cursor = pos + len(needle)
+        if name == "image":  # skip the rest of the image placeholder ("<|vision_end|>" holds "is")
+            ph, i = mm.spec.image_placeholder, mm.spec.image_placeholder.find(needle)
+            if i >= 0 and text.startswith(ph, pos - i):
+                cursor = pos - i + len(ph)
     return spans
+
+
+def _find_whole(text: str, needle: str, start: int) -> int:
+    """First occurrence of ``needle`` at or after ``start`` that does not begin or end inside a word."""
+    pos = text.find(needle, start)
+    while pos >= 0:
+        before = text[pos - 1] if pos > 0 else " "
+        after = text[pos + len(needle)] if pos + len(needle) < len(text) else " "
+        if not (needle[0].isalnum() and before.isalnum()) and not (needle[-1].isalnum() and after.isalnum()):
+            return pos
+        pos = text.find(needle, pos + 1)
+    return -1
 
 
 # ------------------------------------------------------------------------------------------------

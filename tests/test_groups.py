@@ -148,3 +148,19 @@ def test_empty_segment(mm_arch: MLLM, prompts: list[Prompt], text: str) -> None:
     bad = Prompt((("image", ""), ("context", "red"), ("instruction", text)), prompts[0].image)
     with pytest.raises(SegmentNotFoundError, match="segment 'instruction' of sample 2"):
         encode(mm_arch, [prompts[0], prompts[1], bad])
+
+
+def test_segment_search_skips_the_image_placeholder_and_partial_words() -> None:
+    # found by hypothesis: "is" right after Qwen's image placeholder matched inside "<|vision_end|>"
+    from mfutils.models import random_model
+    from mfutils.prompts import Prompt
+
+    words = ["the", "is", "this", "island"]
+    for arch in ("qwen2_vl", "llava"):
+        mm = random_model(arch, words=words)
+        img = np.zeros((64, 64, 3), dtype=np.uint8)
+        p = Prompt(segments=(("context", "this island"), ("image", ""), ("instruction", "is"), ("question", "the")), image=img)
+        enc = encode(mm, [p])
+        ids = enc.inputs["input_ids"][0]
+        assert mm.tokenizer.decode(ids[enc.groups["instruction"][0]]).split() == ["is"]
+        assert mm.tokenizer.decode(ids[enc.groups["context"][0]]).split() == ["this", "island"]
