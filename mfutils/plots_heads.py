@@ -123,32 +123,38 @@ def plot_layer_counts(per_layer_top_count: Sequence[int], ax: plt.Axes | None = 
     return fig
 
 
-def plot_block_mfr(doc: Mapping[str, Any], ax: plt.Axes | None = None) -> plt.Figure:
-    """MFR per instruction: unmodified, identified heads blocked (Wilson 95% CI), random sets blocked
-    (mean ± sd, with each set as a dot)."""
-    keys = ["all", "follow_image", "follow_text"]
-    fig, ax = _axes(ax, (COLUMN_WIDTH * 1.3, 2.6))
+def _bars_base_identified_random(ax: plt.Axes, doc: Mapping[str, Any], keys: list[str], labels: list[str],
+                                 ident_label: str, ylabel: str, title: str) -> None:
+    """Three bars per key: unmodified and identified-blocked (Wilson 95% CI), random-blocked (mean ± sd,
+    each set a dot). ``doc`` has ``base``/``identified`` proportions and ``random`` {mean, sd, rates} per key."""
     pal = _palette()
     x = np.arange(len(keys))
     w = 0.26
     base = [doc["base"][k] for k in keys]
     ident = [doc["identified"][k] for k in keys]
     ax.bar(x - w, [_num(p["rate"]) for p in base], w, yerr=_yerr(base), color=pal[0], capsize=2, label="unmodified")
-    ax.bar(x, [_num(p["rate"]) for p in ident], w, yerr=_yerr(ident), color=pal[3], capsize=2,
-           label=f"identified blocked (k = {doc['k']})")
-    rmean = [_num(doc["random"][k]["mean"]) for k in keys]
-    rsd = np.nan_to_num([_num(doc["random"][k]["sd"]) for k in keys])
-    ax.bar(x + w, rmean, w, yerr=rsd, color=pal[2], capsize=2,
-           label=f"random blocked (mean ± sd, {doc['n_random_sets']} sets)")
+    ax.bar(x, [_num(p["rate"]) for p in ident], w, yerr=_yerr(ident), color=pal[3], capsize=2, label=ident_label)
+    ax.bar(x + w, [_num(doc["random"][k]["mean"]) for k in keys], w,
+           yerr=np.nan_to_num([_num(doc["random"][k]["sd"]) for k in keys]), color=pal[2], capsize=2,
+           label=f"random blocked (mean ± sd, {doc.get('n_random_sets', '?')} sets)")
     for i, k in enumerate(keys):
-        rates = [_num(r) for r in doc["random"][k]["rates"]]
+        rates = [_num(r) for r in doc["random"][k].get("rates", [])]
         ax.scatter(np.full(len(rates), x[i] + w), rates, s=4, color="black", zorder=3)
     ax.set_xticks(x)
-    ax.set_xticklabels([f"{_LABELS[k]}\n(n = {doc['base'][k]['n']})" for k in keys])
-    ax.set_ylabel("modality-following ratio")
+    ax.set_xticklabels([f"{lab}\n(n = {doc['base'][k]['n']})" for k, lab in zip(keys, labels)])
+    ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1.05)
-    ax.set_title(f"blocking heads (positions: {doc['positions']})", fontsize=8)
+    ax.set_title(f"{title} (positions: {doc.get('positions', '?')})", fontsize=8)
     ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
+
+
+def plot_block_mfr(doc: Mapping[str, Any], ax: plt.Axes | None = None) -> plt.Figure:
+    """MFR per instruction: unmodified, identified heads blocked (Wilson 95% CI), random sets blocked
+    (mean ± sd, with each set as a dot)."""
+    keys = ["all", "follow_image", "follow_text"]
+    fig, ax = _axes(ax, (COLUMN_WIDTH * 1.3, 2.6))
+    _bars_base_identified_random(ax, doc, keys, [_LABELS[k] for k in keys], f"identified blocked (k = {doc['k']})",
+                                 "modality-following ratio", "blocking heads")
     return fig
 
 
@@ -210,21 +216,6 @@ def plot_capability(doc: Mapping[str, Any], ax: plt.Axes | None = None) -> plt.F
     """Accuracy per category: unmodified, identified heads blocked, random sets blocked (mean ± sd)."""
     cats = list(doc["categories"])
     fig, ax = _axes(ax, (COLUMN_WIDTH * 1.2, 2.5))
-    pal = _palette()
-    x = np.arange(len(cats))
-    w = 0.26
-    base = [doc["base"][c] for c in cats]
-    ident = [doc["identified"][c] for c in cats]
-    ax.bar(x - w, [_num(p["rate"]) for p in base], w, yerr=_yerr(base), color=pal[0], capsize=2, label="unmodified")
-    ax.bar(x, [_num(p["rate"]) for p in ident], w, yerr=_yerr(ident), color=pal[3], capsize=2,
-           label="identified blocked")
-    ax.bar(x + w, [_num(doc["random"][c]["mean"]) for c in cats], w,
-           yerr=np.nan_to_num([_num(doc["random"][c]["sd"]) for c in cats]), color=pal[2], capsize=2,
-           label=f"random blocked (mean ± sd, {doc.get('n_random_sets', '?')} sets)")
-    ax.set_xticks(x)
-    ax.set_xticklabels([f"{c.replace('_', ' ')}\n(n = {doc['base'][c]['n']})" for c in cats])
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(0, 1.05)
-    ax.set_title(f"capability after blocking (positions: {doc.get('positions', '?')})", fontsize=8)
-    ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    _bars_base_identified_random(ax, doc, cats, [c.replace("_", " ") for c in cats], "identified blocked",
+                                 "accuracy", "capability after blocking")
     return fig
