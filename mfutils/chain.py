@@ -98,7 +98,12 @@ def run_chain(model: str = "tiny", smoke: bool = False, only: Sequence[str] | No
             return 1
         timings[nb.stem] = round(time.time() - t0, 1)
         print(f"    done in {timings[nb.stem]} s", flush=True)
-    (out_dir / "chain_timings.json").write_text(json.dumps({"model": model, "smoke": smoke, "seconds": timings}, indent=1))
+    timings_path = out_dir / "chain_timings.json"
+    if only and timings_path.exists():  # a partial rerun updates the timings of the notebooks it ran
+        previous = json.loads(timings_path.read_text())
+        if previous.get("smoke") == smoke:
+            timings = {**previous["seconds"], **timings}
+    timings_path.write_text(json.dumps({"model": model, "smoke": smoke, "seconds": timings}, indent=1))
     built = {p.stem for p in built_notebooks()}
     missing = [s for s, _ in PLANNED if s not in built]
     print(f"\nran {len(timings)} notebook(s) in {sum(timings.values()):.0f} s; executed copies in {_rel(out_dir)}")
