@@ -2,7 +2,7 @@
 
 Public API
 ----------
-git_commit() -> str          HEAD of the repository, "+dirty" when tracked files changed, "unknown" outside git
+git_commit() -> str          HEAD, "+dirty" when tracked source files changed (chain outputs excepted), "unknown" outside git
 sha256_file(path) -> str
 environment() -> dict        package versions, python, platform, torch threads, git commit
 
@@ -34,7 +34,9 @@ def git_commit() -> str:
         root = repo_root()
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                               check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+        # the chain's own outputs (figures/, results/, paper/REPORT.md) change while it runs: not "dirty" code
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":!figures", ":!results", ":!paper/REPORT.md"], cwd=root,
                                capture_output=True, text=True).stdout.strip()
         return head + ("+dirty" if dirty else "")
     except (subprocess.CalledProcessError, FileNotFoundError):
