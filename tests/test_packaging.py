@@ -33,7 +33,7 @@ def test_pyproject_and_environment_pin_the_same_versions() -> None:
 
 def test_no_torchvision_and_torch_is_pinned() -> None:
     text = (ROOT / "pyproject.toml").read_text() + (ROOT / "environment.yml").read_text()
-    assert "torchvision" not in text.replace("No torchvision", "").replace("no torchvision", "").replace("Never torchvision", "")
+    assert "torchvision" not in text.lower()
     proj = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert "torch==2.13.0" in proj["dependencies"]
 
