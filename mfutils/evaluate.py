@@ -17,6 +17,7 @@ Example::
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, Sequence
 
 import torch
@@ -32,14 +33,21 @@ EVAL_CATEGORIES = ("follow_image", "follow_text", "image_only", "text_only", "ag
 
 
 def candidate_ids(mm: MLLM, words: Sequence[str]) -> list[int]:
-    """Token ids of one-token answer words; a clear error if a word is not a single token."""
+    """Token ids of one-token answer words; a clear error if a word is not a single token.
+
+    Called once per sample on hot paths, so the tokenisation of each word list is cached per tokenizer."""
+    return list(_candidate_ids(mm.tokenizer, mm.name, tuple(words)))
+
+
+@lru_cache(maxsize=256)
+def _candidate_ids(tokenizer: Any, name: str, words: tuple[str, ...]) -> tuple[int, ...]:
     ids = []
     for w in words:
-        toks = mm.tokenizer(" " + w, add_special_tokens=False)["input_ids"]
+        toks = tokenizer(" " + w, add_special_tokens=False)["input_ids"]
         if len(toks) != 1:
-            raise ValueError(f"answer word {w!r} is {len(toks)} tokens for {mm.name!r}; the tiny world needs one")
+            raise ValueError(f"answer word {w!r} is {len(toks)} tokens for {name!r}; the tiny world needs one")
         ids.append(int(toks[0]))
-    return ids
+    return tuple(ids)
 
 
 @torch.no_grad()

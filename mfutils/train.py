@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from .groups import render_prompt
 from .models import MLLM, build_processor, build_word_tokenizer
 from .archs import ARCHS
-from .world import IMAGE_SIZE, TRAIN_SEED, Sample, make_samples, vocabulary
+from .world import IMAGE_SIZE, TRAIN_MIX, TRAIN_SEED, VARIANT_MIX, Sample, make_samples, vocabulary
 
 __all__ = ["TrainConfig", "build_tiny_model", "train", "batch_inputs", "render_text"]
 
@@ -183,8 +183,8 @@ def train(cfg: TrainConfig, out_dir: Path, *, eval_n: int = 256, command: str = 
         "command": command,
         "config": dataclasses.asdict(cfg),
         "n_parameters": int(n_params),
-        "train_mix": __import__("mfutils.world", fromlist=["TRAIN_MIX"]).TRAIN_MIX,
-        "variant_mix": __import__("mfutils.world", fromlist=["VARIANT_MIX"]).VARIANT_MIX,
+        "train_mix": TRAIN_MIX,
+        "variant_mix": VARIANT_MIX,
         "curve": curve,
         "loss_curve": [round(x, 4) for x in running],
         "wall_time_s": round(wall, 1),
