@@ -17,7 +17,8 @@ SUBSETS                         the sample subsets of the JSON document
 FRACTIONS                       the data fractions of the stability analysis (C12)
 windows(n_layers, k) -> list[(start, stop)]     k consecutive layers sliding over depth
 SweepResult                     per-sample margins of a knockout sweep; summaries; save/load (.npz)
-knockout_sweep(mm, samples, edges, k, batch_size=64, progress=True) -> SweepResult
+knockout_sweep(mm, samples, edges, k, batch_size=64, progress=True, method="prefix", batch_conditions=False)
+                                -> SweepResult (prefix reuse by default; "naive" = one forward per condition)
 find_failures(mm, samples, batch_size=64, cap=None) -> list[Sample]   conflict samples not followed
 saliency(mm, samples, batch_size=16) -> {pair: ndarray [L]}           |A * dL/dA| per layer
 ldar(mm, samples, batch_size=64) -> dict        Latent Decision Agreement Rate per hidden state (ours)
@@ -50,7 +51,8 @@ from tqdm.auto import tqdm
 
 from .evaluate import candidate_ids
 from .groups import Encoded, TokenGroups, edge_block, encode
-from .hooks import KnockoutError, capture, logit_lens, residual_stream
+from .batching import run_batched
+from .hooks import capture, knockout, prefix_trace, residual_stream
 from .metrics import EPS, follows, inssd, margins, targets_for
 from .models import MLLM
 from .paths import results_dir
@@ -60,7 +62,7 @@ from .world import Sample
 
 __all__ = [
     "EDGES", "MAIN_EDGES", "CONTROL_EDGES", "SALIENCY_PAIRS", "SUBSETS", "FRACTIONS", "windows", "parse_edge",
-    "SweepResult", "knockout_sweep", "find_failures", "saliency", "ldar", "DLAResult", "dla", "stability",
+    "SweepResult", "SWEEP_METHODS", "knockout_sweep", "find_failures", "saliency", "ldar", "DLAResult", "dla", "stability",
     "run_information_flow", "write_json",
 ]
 
@@ -124,147 +126,6 @@ def _batches(n: int, batch_size: int) -> list[slice]:
 
 def _prompts(samples: Sequence[Sample]) -> list[Prompt]:
     return [s.prompt for s in samples]
-
-
-# ------------------------------------------------------------------------------------------------
-# Prefix reuse: one baseline forward per batch, knockouts recompute only what they can change
-# ------------------------------------------------------------------------------------------------
-class _RecordingCache:
-    """Stands in for the model's KV cache in the baseline forward: keeps each layer's keys and values."""
-
-    def __init__(self) -> None:
-        self.keys: dict[int, torch.Tensor] = {}
-        self.values: dict[int, torch.Tensor] = {}
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int,
-               cache_kwargs: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
-        self.keys[layer_idx], self.values[layer_idx] = key_states, value_states
-        return key_states, value_states
-
-
-class _PrefixCache:
-    """A read-only KV cache holding the baseline keys/values of the positions before the recomputed rows."""
-
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
-        self.keys, self.values = keys, values
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int,
-               cache_kwargs: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
-
-
-def _layer_output(out: Any) -> torch.Tensor:
-    return out[0] if isinstance(out, tuple) else out
-
-
-@dataclass
-class _Trace:
-    """The baseline forward of one batch: what enters each decoder layer, with its keys and values.
-
-    ``hidden[l]``: [B, T, D] entering layer l (``hidden[L]`` the last layer's output); ``kwargs[l]``: the
-    keyword arguments the model passed to layer l (mask, rotary embeddings, ...); ``keys[l]``/``values[l]``:
-    [B, kv_heads, T, head_dim] after the rotary embedding; ``last``: LongTensor [B] answer positions.
-    """
-
-    mm: MLLM
-    hidden: list[torch.Tensor]
-    kwargs: list[dict[str, Any]]
-    keys: list[torch.Tensor]
-    values: list[torch.Tensor]
-    last: torch.Tensor
-
-    def final_logits(self, h: torch.Tensor, offset: int = 0) -> torch.Tensor:
-        """[B, V]: the unembedded final-normed state at the answer position of ``h`` (rows from ``offset``)."""
-        idx = (self.last - offset).to(h.device)
-        if bool((idx < 0).any()):
-            raise RuntimeError("the answer position precedes the recomputed rows (internal error)")
-        at_last = h[torch.arange(h.shape[0], device=h.device), idx]
-        return logit_lens(self.mm, at_last).float()
-
-    @property
-    def logits(self) -> torch.Tensor:
-        """[B, V] baseline answer logits."""
-        return self.final_logits(self.hidden[-1])
-
-    def rerun(self, cut: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        """[B, V] answer logits with the edges ``cut`` ([B, T, T], query -> key) removed in layers start..stop-1.
-
-        Layers before ``start`` and rows before the first cut query are the baseline's (causality), so only
-        layers ``start..L-1`` and rows ``p0..T-1`` are recomputed, against the cached keys/values of rows
-        ``< p0``. Equals a full forward under ``mfutils.hooks.knockout`` (tested).
-        """
-        rows = cut.any(-1).any(0).nonzero()
-        if len(rows) == 0:
-            return self.logits
-        p0 = int(rows[0])
-        cut_rows = cut[:, None, p0:, :].to(self.hidden[0].device)         # [B, 1, q, T]
-        h = self.hidden[start][:, p0:]
-        for l in range(start, self.mm.n_layers):
-            kw = dict(self.kwargs[l])
-            mask = kw.get("attention_mask")
-            T = self.hidden[0].shape[1]
-            if mask is None:  # sdpa's causal fast path: rebuild the causal rows it stands for
-                mask = torch.ones(T - p0, T, dtype=torch.bool, device=h.device).tril(p0)[None, None]
-            else:
-                mask = mask[..., p0:, :]
-            if start <= l < stop:
-                allowed = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
-                stranded = allowed.any(-1) & ~(allowed & ~cut_rows).any(-1)
-                if bool(stranded.any()):
-                    b, _, q = (int(i) for i in stranded.nonzero()[0])
-                    raise KnockoutError(f"knockout leaves query position {p0 + q} of sample {b} with no key "
-                                        f"to attend to (layer {l})")
-                mask = mask & ~cut_rows if mask.dtype == torch.bool else mask.masked_fill(cut_rows, torch.finfo(mask.dtype).min)
-            kw["attention_mask"] = mask
-            pe = kw.get("position_embeddings")
-            if pe is not None:
-                kw["position_embeddings"] = tuple(x[..., p0:, :] for x in pe)
-            if isinstance(kw.get("position_ids"), torch.Tensor):
-                kw["position_ids"] = kw["position_ids"][..., p0:]
-            kw["past_key_values"] = _PrefixCache(self.keys[l][..., :p0, :], self.values[l][..., :p0, :])
-            kw["use_cache"] = False
-            h = _layer_output(self.mm.layers[l](h, **kw))
-        return self.final_logits(h, offset=p0)
-
-
-@torch.no_grad()
-def _trace(mm: MLLM, enc: Encoded) -> _Trace:
-    """Run the baseline forward of ``enc`` once, recording per-layer inputs, arguments, keys and values."""
-    L = mm.n_layers
-    hidden: dict[int, torch.Tensor] = {}
-    kwargs: dict[int, dict[str, Any]] = {}
-    cache = _RecordingCache()
-
-    def pre(layer: int) -> Any:
-        def hook(module: torch.nn.Module, args: tuple[Any, ...], kw: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-            if args:
-                hidden[layer], rest = args[0], args[1:]
-            else:
-                hidden[layer], rest = kw.pop("hidden_states"), ()
-                args = (hidden[layer],)
-            kw = dict(kw)
-            kw["past_key_values"] = cache
-            kwargs[layer] = {k: v for k, v in kw.items() if k != "past_key_values"}
-            return (hidden[layer], *rest), kw
-
-        return hook
-
-    def post(module: torch.nn.Module, args: Any, output: Any) -> None:
-        hidden[L] = _layer_output(output)
-
-    handles = [mm.layers[l].register_forward_pre_hook(pre(l), with_kwargs=True) for l in range(L)]
-    handles.append(mm.layers[L - 1].register_forward_hook(post))
-    try:
-        mm.model(**enc.inputs, logits_to_keep=1)
-    finally:
-        for h in handles:
-            h.remove()
-    if len(cache.keys) != L:
-        raise RuntimeError(f"the baseline forward recorded keys of {len(cache.keys)} of {L} layers: the "
-                           "attention modules do not use the KV cache interface this sweep relies on")
-    return _Trace(mm=mm, hidden=[hidden[l] for l in range(L + 1)], kwargs=[kwargs[l] for l in range(L)],
-                  keys=[cache.keys[l] for l in range(L)], values=[cache.values[l] for l in range(L)],
-                  last=enc.groups.last_index().to(hidden[0].device))
 
 
 def _cut(groups: TokenGroups, src: Groups, dst: Groups) -> tuple[torch.Tensor, torch.Tensor]:
@@ -375,22 +236,44 @@ class SweepResult:
                        tags=z["tags"], n_layers=int(z["n_layers"]), info=json.loads(str(z["info"])))
 
 
+SWEEP_METHODS: tuple[str, ...] = ("prefix", "naive")
+
+
+def _same_first_row(cuts: Sequence[tuple[torch.Tensor, torch.Tensor]], live: Sequence[int]) -> list[list[int]]:
+    """``live`` edge indices grouped by the first query row their cut touches (a batched rerun of a group
+    recomputes no more rows than its members' separate reruns would)."""
+    groups: dict[int, list[int]] = {}
+    for e in live:
+        groups.setdefault(int(cuts[e][0].any(-1).any(0).nonzero()[0]), []).append(e)
+    return list(groups.values())
+
+
 @torch.no_grad()
 def knockout_sweep(mm: MLLM, samples: Sequence[Sample], edges: Sequence[str], k: int, batch_size: int = 64,
-                   progress: bool = True, tags: Sequence[str] | None = None) -> SweepResult:
+                   progress: bool = True, tags: Sequence[str] | None = None, method: str = "prefix",
+                   batch_conditions: bool = False) -> SweepResult:
     """Knock out each edge in each window of ``k`` layers (all heads) and record per-sample margins.
 
-    One baseline forward per batch serves every edge and window; a knockout starting at layer l recomputes
-    only layers >= l and only the rows from the first cut query on (prefix reuse, design section 4). A
-    sample whose cut removes no existing attention edge (e.g. the source comes after the destination) keeps
-    its baseline margin exactly; a sample lacking the edge's source or destination group gets NaN.
-    Shapes: ``base`` [N], ``knocked`` [E, W, N] with W = L - k + 1.
+    ``method="prefix"`` (default): one clean forward per batch (``hooks.prefix_trace``) serves every edge
+    and window; a knockout starting at layer l recomputes only layers >= l and only the rows from the first
+    cut query on (prefix reuse, design section 4). ``method="naive"``: one full forward per (edge, window)
+    under ``hooks.knockout`` (the reference; equal results, tested to 1e-4). ``batch_conditions``: with
+    prefix reuse, run all edges of one window as one batched rerun (E x B rows, per-row masks): fewer,
+    larger calls (edges whose cuts start at the same query row share one rerun); off by default, see
+    benchmarks/RESULTS.md for whether it pays on a given machine.
+    A sample whose cut removes no existing attention edge (e.g. the source comes after the destination)
+    keeps its baseline margin exactly; a sample lacking the edge's source or destination group gets NaN.
+    Batches that run out of memory are retried at half the size (``mfutils.batching``). Shapes: ``base``
+    [N], ``knocked`` [E, W, N] with W = L - k + 1. ``info["forward_equivalents"]``: decoder work in full
+    forwards of one batch, summed over batches (machine-independent cost).
 
     Example::
 
         sweep = knockout_sweep(mm, samples, MAIN_EDGES, k=1)
         sweep.summary("instruction->last")
     """
+    if method not in SWEEP_METHODS:
+        raise ValueError(f"method must be one of {SWEEP_METHODS}, got {method!r}")
     edges = list(edges)
     for e in edges:
         parse_edge(e)
@@ -400,34 +283,59 @@ def knockout_sweep(mm: MLLM, samples: Sequence[Sample], edges: Sequence[str], k:
     knocked = np.full((len(edges), len(wins), N), np.nan)
     follow = np.zeros(N, dtype=bool)
     targets = targets_for(mm, samples)
-    parts = _batches(N, batch_size)
-    bar = tqdm(total=len(parts) * len(edges), desc="knockout sweep", disable=not progress)
-    for part in parts:
-        idx = list(range(N))[part]
-        t = targets.subset(idx)
+    work = {"forwards": 0.0}
+    bar = tqdm(total=N, desc="knockout sweep", disable=not progress)
+
+    def run(lo: int, hi: int) -> None:
+        part = slice(lo, hi)
+        t = targets.subset(list(range(lo, hi)))
         enc = encode(mm, _prompts(samples[part])).to(mm.device)
-        trace = _trace(mm, enc)
-        logits = trace.logits
+        groups = enc.groups.to("cpu")
+        cuts = [_cut(groups, *parse_edge(name)) for name in edges]
+        if method == "naive":
+            logits = mm.model(**enc.inputs, logits_to_keep=1).logits[:, -1].float()
+            forwards = 1.0
+        else:
+            trace = prefix_trace(mm, enc)
+            logits = trace.logits
         m = margins(logits, t)
         base[part] = m.cpu().numpy()
         follow[part] = follows(logits, t).cpu().numpy()
-        groups = enc.groups.to("cpu")
-        for e, name in enumerate(edges):
-            src, dst = parse_edge(name)
-            cut, valid = _cut(groups, src, dst)
-            touched = cut.any(-1).any(-1)                   # samples whose cut removes something
-            for w, (start, stop) in enumerate(wins):
+        for w, (start, stop) in enumerate(wins):
+            live = [e for e, (cut, _) in enumerate(cuts) if bool(cut.any())]
+            if method == "naive":
+                new = {}
+                for e in live:
+                    with knockout(mm, cuts[e][0], range(start, stop)):
+                        new[e] = mm.model(**enc.inputs, logits_to_keep=1).logits[:, -1].float()
+                    forwards += 1.0
+            elif batch_conditions and len(live) > 1:
+                new = {}
+                for group in _same_first_row(cuts, live):      # edges whose reruns start at the same row
+                    out = trace.rerun_many(start, stop, [cuts[e][0].to(mm.device) for e in group])
+                    new.update({e: out[i] for i, e in enumerate(group)})
+            else:
+                new = {e: trace.rerun(start, stop, cut=cuts[e][0].to(mm.device)) for e in live}
+            for e, (cut, valid) in enumerate(cuts):
+                touched = cut.any(-1).any(-1)                   # samples whose cut removes something
                 m_new = m.clone()
-                if bool(touched.any()):
-                    m_new[touched] = margins(trace.rerun(cut, start, stop), t)[touched]
+                if e in new:
+                    m_new[touched] = margins(new[e], t)[touched]
                 m_new[~valid] = float("nan")
                 knocked[e, w, part] = m_new.cpu().numpy()
-            bar.update(1)
-    bar.close()
+        work["forwards"] += forwards if method == "naive" else trace.work
+        bar.update(hi - lo)
+
+    try:
+        run_batched(run, N, batch_size, desc="knockout sweep")
+    finally:
+        bar.close()
     return SweepResult(edges=edges, windows=wins, base=base, knocked=knocked, follows=follow,
                        categories=np.array([s.category for s in samples], dtype=str),
                        tags=np.array(list(tags) if tags is not None else ["all"] * N, dtype=str),
-                       n_layers=mm.n_layers, info={"model": mm.name, "k": k, "attn": mm.attn_implementation})
+                       n_layers=mm.n_layers, info={"model": mm.name, "k": k, "attn": mm.attn_implementation,
+                                                   "method": method, "batch_conditions": bool(batch_conditions),
+                                                   "forward_equivalents": float(work["forwards"])})
 
 
 @torch.no_grad()
@@ -749,12 +657,14 @@ def run_information_flow(mm: MLLM, model_name: str, test_samples: Sequence[Sampl
                          system_samples: Sequence[Sample], instruction_last_samples: Sequence[Sample], k: int = 1,
                          batch_size: int = 64, seed: int = 0, n_boot: int = 1000,
                          fractions: Sequence[float] = FRACTIONS, saliency_batch_size: int | None = None,
-                         progress: bool = True) -> dict[str, Any]:
+                         progress: bool = True, method: str = "prefix", batch_conditions: bool = False
+                         ) -> dict[str, Any]:
     """Every analysis of notebook 02; returns the JSON document (see ``write_json``) and writes the
     per-sample sweeps to ``results/<model>/02_knockout_per_sample{,_system,_instruction_last}.npz``.
 
     ``failed_samples``: failures from outside the test split (e.g. ``find_failures`` on the fail pool); the
     ``failed`` subset is every sample of the sweep that the model does not follow, test failures included.
+    The sweeps use prefix reuse by default (``method``, ``batch_conditions``: see ``knockout_sweep``).
 
     Example::
 
@@ -764,14 +674,16 @@ def run_information_flow(mm: MLLM, model_name: str, test_samples: Sequence[Sampl
     out_dir = results_dir(model_name)
     main_samples = list(test_samples) + list(failed_samples)
     tags = ["test"] * len(test_samples) + ["fail_pool"] * len(failed_samples)
-    main = knockout_sweep(mm, main_samples, MAIN_EDGES, k, batch_size=batch_size, progress=progress, tags=tags)
+    main = knockout_sweep(mm, main_samples, MAIN_EDGES, k, batch_size=batch_size, progress=progress, tags=tags,
+                          method=method, batch_conditions=batch_conditions)
     main.save(out_dir / "02_knockout_per_sample.npz")
     masks = subset_masks(main)
     knock = {e: {s: main.summary(e, masks[s], n_boot=n_boot, seed=seed) for s in SUBSETS} for e in MAIN_EDGES}
     controls: dict[str, Any] = {}
     for split, samples in (("system", system_samples), ("instruction_last", instruction_last_samples)):
         sweep = knockout_sweep(mm, list(samples), CONTROL_EDGES[split], k, batch_size=batch_size,
-                               progress=progress, tags=[split] * len(samples))
+                               progress=progress, tags=[split] * len(samples), method=method,
+                               batch_conditions=batch_conditions)
         sweep.save(out_dir / f"02_knockout_per_sample_{split}.npz")
         controls[split] = {e: {"all": sweep.summary(e, n_boot=n_boot, seed=seed)} for e in CONTROL_EDGES[split]}
     test = list(test_samples)
