@@ -16,20 +16,26 @@ publishes only its abstract.
 - **MFR**: share of conflict samples answered with the instructed modality's answer
   (``metrics.follows``); on non-conflict samples the same test is plain accuracy.
 
-Performance (design section 4, prefix reuse; both shortcuts are checked on every batch against the plain
-forward and fall back to it): exhaustive scoring at the answer position shares the prompt's keys and
-values through a KV cache and runs one token per head; blocking or amplifying a head set whose lowest
-layer is l reruns only layers >= l from the recorded input of layer l. ``mfr`` itself always runs plain
-forwards under ``hooks.scale_heads`` (the reference the tests compare against).
+Performance (design section 4, prefix reuse through ``hooks.PrefixTrace``, checked on every batch with a
+fallback to plain forwards): blocking a head of layer l at the answer position reruns only layers >= l at
+the answer rows; blocking or amplifying a head set whose lowest layer is l reruns only layers >= l.
+Identification by default scores heads by attribution patching and verifies the top 3k candidates by
+exact ablation (``head_scores_fast``). Batches that run out of memory are retried at half the size
+(``mfutils.batching``). ``mfr`` itself always runs plain forwards under ``hooks.scale_heads`` (the
+reference the tests compare against).
 
 Public API
 ----------
 Prepared, prepare(mm, samples, batch_size=64) -> Prepared     encode once, reuse across interventions
 mfr(mm, samples, heads=None, alpha=0.0, positions="all", batch_size=64) -> BoolTensor[N]
 block_summary(samples, flags) -> {"all", "follow_image", "follow_text": proportion dict}
-head_scores_exhaustive(mm, samples, batch_size=64, progress=True, per_sample=False) -> FloatTensor[L, H]
+head_scores_exhaustive(mm, samples, batch_size=64, progress=True, per_sample=False, method="prefix")
+                                                          -> FloatTensor[L, H]  (the reference)
 head_score_reference(mm, samples, head) -> float        slow unbatched reference (one sample per forward)
 head_scores_attribution(mm, samples, batch_size=64, progress=True) -> FloatTensor[L, H]
+FastScores, head_scores_fast(mm, samples, share=0.05, factor=3) -> FastScores   attribution, then the top
+                                                          3k candidates verified by exact ablation
+identify_heads(mm, samples, model_name, share=0.05, method="fast") -> dict   the 03 document (fast default)
 n_top(n_layers, n_heads, share) -> int                   k = max(1, round(share * L * H))
 top_heads(scores, share=0.05) -> list[(layer, head)]     highest first
 rank_agreement(a, b, share=0.05) -> {"spearman", "top_overlap"}
@@ -44,7 +50,7 @@ capability_experiment(mm, samples, heads, ...) -> dict    06 JSON
 save_json(doc, model_name, name) -> Path                  results/<model>/<name>.json (NaN -> null)
 load_json(model_name, name) -> dict
 load_identification(model_name, mm=None) -> dict         03's JSON with tensors; "run 03 first" if missing
-fast_path_status(model_name) -> str                       "kv-cache" or why exhaustive scoring used full forwards
+fast_path_status(model_name) -> str                       "prefix-reuse" or why exact scoring used full forwards
 
 Example::
 
@@ -69,7 +75,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .groups import Encoded, encode
-from .hooks import logit_lens, scale_heads
+from .batching import run_batched
+from .hooks import PrefixTrace, prefix_trace, scale_heads
 from .metrics import Targets, answer_logits, follows, margins, targets_for
 from .models import MLLM
 from .paths import results_dir
@@ -81,7 +88,8 @@ __all__ = [
     "head_scores_attribution", "n_top", "top_heads", "rank_agreement", "random_head_sets", "relative_drop",
     "spread", "identification_doc", "block_experiment", "split_pool", "amplification_experiment",
     "capability_experiment", "save_json", "load_json", "load_identification", "INSTRUCTIONS", "SHARES",
-    "ALPHAS", "fast_path_status",
+    "ALPHAS", "fast_path_status", "FastScores", "head_scores_fast", "identify_heads", "SCORE_METHODS",
+    "IDENTIFY_METHODS",
 ]
 
 Head = tuple[int, int]
@@ -163,7 +171,8 @@ def _check_heads(mm: MLLM, heads: Sequence[Head]) -> list[Head]:
     out = [(int(l), int(h)) for l, h in heads]
     bad = [x for x in out if not (0 <= x[0] < mm.n_layers and 0 <= x[1] < mm.n_heads)]
     if bad:
-        raise ValueError(f"heads {bad} out of range: the model has {mm.n_layers} layers x {mm.n_heads} heads")
+        raise ValueError(f"heads {bad} out of range: the model has {mm.n_layers} layers x {mm.n_heads} heads, so "
+                         f"valid heads are (layer 0..{mm.n_layers - 1}, head 0..{mm.n_heads - 1})")
     return out
 
 
@@ -218,106 +227,128 @@ def block_summary(samples: Sequence[Sample] | Prepared, flags: torch.Tensor | np
 # Head scores: exhaustive (one forward per head) and attribution patching (one forward + backward)
 # ------------------------------------------------------------------------------------------------
 _FAST_PATH_STATUS: dict[str, str] = {}
-_FAST_PATH_BROKEN: set[int] = set()     # id(model) whose decoding step raised: skip the shortcut from then on
+SCORE_METHODS: tuple[str, ...] = ("prefix", "full")
 
 
-def _step_inputs(inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    step = {k: inputs[k][:, -1:] for k in ("input_ids", "mm_token_type_ids", "token_type_ids") if k in inputs}
-    step["attention_mask"] = inputs["attention_mask"]
-    return step
-
-
-@contextmanager
-def _cropped(cache: Any) -> Iterator[None]:
-    """Drop the one position a decoding step appends to ``cache``, also when the step raises."""
+def _traced(mm: MLLM, enc: Encoded, rows_from_last: bool) -> PrefixTrace | None:
+    """``hooks.prefix_trace`` of ``enc``, checked: rerunning the last layer (from the first answer row when
+    ``rows_from_last``) must reproduce the clean logits to 1e-4 of their scale; None (-> full forwards) if
+    not, or if the architecture's layers cannot be rerun."""
     try:
-        yield
-    finally:
-        cache.crop(-1)
+        trace = prefix_trace(mm, enc, keep_kv=rows_from_last)
+        p0 = int(trace.last.min()) if rows_from_last else 0
+        tol = 1e-4 * max(1.0, float(trace.logits.abs().max()))
+        diff = float((trace.rerun(mm.n_layers - 1, rows_from=p0) - trace.logits).abs().max())
+        if diff > tol:
+            _FAST_PATH_STATUS[mm.name] = f"full forwards (prefix rerun differs by {diff:.2e})"
+            return None
+        return trace
+    except (RuntimeError, ValueError, TypeError, KeyError) as exc:
+        _FAST_PATH_STATUS[mm.name] = f"full forwards ({type(exc).__name__}: {str(exc)[:100]})"
+        return None
 
 
-def _last_position_logits(mm: MLLM, batch: _Batch, interventions: Sequence[Mapping[Head, float]]
-                          ) -> Iterator[torch.Tensor]:
-    """Answer logits [B, V] of ``batch`` under each intervention (heads scaled at the answer position only).
+def _ablation_logits(mm: MLLM, batch: _Batch, heads: Sequence[Head], method: str = "prefix"
+                     ) -> Iterator[torch.Tensor]:
+    """Clean answer logits [B, V] of ``batch``, then those with each head of ``heads`` alone blocked
+    (alpha = 0) at the answer position.
 
-    Scaling at the answer position leaves every earlier position untouched, so the keys and values of the
-    prompt without its last token are shared: one prefix forward fills a KV cache, then each intervention
-    runs one token (``design.md`` section 4, prefix reuse). The shortcut is verified on every batch
-    against a full forward (max |difference| <= 1e-4 of the logit scale); where it fails (an architecture
-    whose decoding step differs, e.g. Qwen's M-RoPE in transformers 5.23), full forwards are used.
+    ``method="prefix"``: blocking a head of layer l at the answer position changes nothing before layer l
+    and no earlier row, so one clean forward (``hooks.prefix_trace``) serves all heads and each reruns
+    layers l..L-1 for the answer rows only (design section 4, prefix reuse); checked per batch, with full
+    forwards as the fallback. ``method="full"``: one full forward per head (the plain reference).
     """
     enc = batch.enc
-    B, T = enc.inputs["input_ids"].shape
-    full = answer_logits(mm, enc).float()
-    fast = bool((enc.groups.last_index() == T - 1).all()) and T > 1 and id(mm.model) not in _FAST_PATH_BROKEN
-    cache = None
-    if fast:
-        try:
-            prefix = {k: (v[:, :-1] if k in ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
-                          else v) for k, v in enc.inputs.items()}
-            cache = mm.model(**prefix, use_cache=True, logits_to_keep=1).past_key_values
-            step = _step_inputs(enc.inputs)
-            with _cropped(cache):
-                check = mm.model(**step, past_key_values=cache, use_cache=True).logits[:, -1].float()
-            tol = 1e-4 * max(1.0, float(full.abs().max()))
-            fast = bool((check - full).abs().max() <= tol)
-            if not fast:
-                _FAST_PATH_STATUS[mm.name] = f"full forwards (KV-cache step differs by {float((check - full).abs().max()):.2e})"
-        except (RuntimeError, ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
-            fast = False
-            _FAST_PATH_BROKEN.add(id(mm.model))
-            _FAST_PATH_STATUS[mm.name] = f"full forwards ({type(exc).__name__}: {str(exc)[:100]})"
-    if fast:
-        _FAST_PATH_STATUS[mm.name] = "kv-cache"
-    for alphas in interventions:
-        if not alphas or all(a == 1.0 for a in alphas.values()):
-            yield check if fast else full
-        elif fast:
-            with scale_heads(mm, alphas), _cropped(cache):   # closed before the yield: no hook outlives a step
-                out = mm.model(**step, past_key_values=cache, use_cache=True).logits[:, -1].float()
+    last = enc.groups["last"]
+    trace = _traced(mm, enc, rows_from_last=True) if method == "prefix" else None
+    if trace is not None:
+        _FAST_PATH_STATUS[mm.name] = "prefix-reuse"
+        yield trace.logits
+        p0 = int(trace.last.min())
+        for hd in heads:
+            with scale_heads(mm, {hd: 0.0}, positions=last):
+                out = trace.rerun(hd[0], rows_from=p0)
             yield out
-        else:
-            with scale_heads(mm, alphas, positions=enc.groups["last"]):
-                out = answer_logits(mm, enc).float()
-            yield out
+        return
+    if method == "full":
+        _FAST_PATH_STATUS[mm.name] = "full forwards (method='full')"
+    yield answer_logits(mm, enc).float()
+    for hd in heads:
+        with scale_heads(mm, {hd: 0.0}, positions=last):
+            out = answer_logits(mm, enc).float()
+        yield out
 
 
 def _all_heads(mm: MLLM) -> list[Head]:
     return [(l, h) for l in range(mm.n_layers) for h in range(mm.n_heads)]
 
 
+def _per_batch(mm: MLLM, samples: Sequence[Sample] | Prepared, batch_size: int, fn: Any, desc: str) -> None:
+    """Call ``fn(batch)`` on every batch of ``samples``; on out of memory, retry that batch's samples in
+    halves with a warning (``mfutils.batching.run_batched``). ``fn`` writes its results by sample index."""
+    data_samples = _samples_of(samples)
+    for batch in _batches(mm, samples, batch_size):
+        def one(lo: int, hi: int, batch: _Batch = batch) -> None:
+            if lo == 0 and hi == len(batch.index):
+                fn(batch)
+            else:
+                fn(_encode_batch(mm, data_samples, batch.index[lo:hi]))
+        run_batched(one, len(batch.index), len(batch.index), desc=desc)
+
+
+@torch.no_grad()
+def _exact_drops(mm: MLLM, samples: Sequence[Sample] | Prepared, heads: Sequence[Head], batch_size: int,
+                 method: str, progress: bool, desc: str) -> tuple[torch.Tensor, float]:
+    """(drops [N, len(heads)] float64, forward-equivalents): m - m' per sample with each head blocked."""
+    n = len(_samples_of(samples))
+    drops = torch.full((n, len(heads)), math.nan, dtype=torch.float64)
+    work = {"fwd": 0.0}
+    total = len(samples.batches) if isinstance(samples, Prepared) else len(_chunks(_samples_of(samples), batch_size))
+    bar = tqdm(total=total, desc=desc, disable=not progress)
+
+    def fn(batch: _Batch) -> None:
+        logits = _ablation_logits(mm, batch, heads, method)
+        m0 = margins(next(logits), batch.targets).double().cpu()
+        for j, lg in enumerate(logits):
+            drops[batch.index, j] = m0 - margins(lg, batch.targets).double().cpu()
+        T = batch.enc.groups.shape[1]
+        if _FAST_PATH_STATUS.get(mm.name) == "prefix-reuse":
+            p0 = int(batch.enc.groups.last_index().min())
+            work["fwd"] += 1 + sum((mm.n_layers - l) * (T - p0) for l, _ in heads) / (mm.n_layers * T)
+        else:
+            work["fwd"] += 1 + len(heads)
+        bar.update(1)
+
+    try:
+        _per_batch(mm, samples, batch_size, fn, desc)
+    finally:
+        bar.close()
+    return drops, work["fwd"]
+
+
 @torch.no_grad()
 def head_scores_exhaustive(mm: MLLM, samples: Sequence[Sample] | Prepared, batch_size: int = 64,
-                           progress: bool = True, per_sample: bool = False) -> torch.Tensor:
+                           progress: bool = True, per_sample: bool = False, method: str = "prefix") -> torch.Tensor:
     """Head scores by exhaustive blocking: FloatTensor [L, H] (or [N, L, H] with ``per_sample``).
 
     score[l, h] = mean over ``samples`` of m - m', where m is the instructed margin (``metrics.margins``,
     binary constraint) and m' the margin with head (l, h) alone blocked (alpha = 0) at the answer position.
     Pass the samples the model follows correctly (the identification set); no samples give NaN scores.
-    One forward per head per batch (one token each where the KV-cache shortcut verifies, see
-    ``_last_position_logits``).
+    ``method="prefix"`` (default): one clean forward per batch, then per head a rerun of layers >= l at the
+    answer rows only (``hooks.PrefixTrace``); ``"full"``: one full forward per head per batch. Equal to
+    1e-5 (tested). This is the reference that ``head_scores_fast`` approximates.
 
     Example::
 
         ok = mfr(mm, samples); ident = [s for s, f in zip(samples, ok) if f]
         scores = head_scores_exhaustive(mm, ident)          # [L, H]; top_heads(scores) -> identified
     """
+    if method not in SCORE_METHODS:
+        raise ValueError(f"method must be one of {SCORE_METHODS}, got {method!r}")
     heads = _all_heads(mm)
     n = len(_samples_of(samples))
-    drops = torch.full((n, mm.n_layers, mm.n_heads), math.nan, dtype=torch.float64)
-    batches = list(_chunks(_samples_of(samples), batch_size)) if not isinstance(samples, Prepared) else None
-    total = len(samples.batches) if isinstance(samples, Prepared) else len(batches or [])
-    bar = tqdm(total=total * len(heads), desc="exhaustive head scores", disable=not progress)
-    try:
-        for batch in _batches(mm, samples, batch_size):
-            interventions: list[Mapping[Head, float]] = [{}] + [{hd: 0.0} for hd in heads]
-            logits = _last_position_logits(mm, batch, interventions)
-            m0 = margins(next(logits), batch.targets).double().cpu()
-            for (l, h), lg in zip(heads, logits):
-                drops[batch.index, l, h] = m0 - margins(lg, batch.targets).double().cpu()
-                bar.update(1)
-    finally:
-        bar.close()
+    drops, _ = _exact_drops(mm, samples, heads, batch_size, method, progress, "exhaustive head scores")
+    drops = drops.reshape(n, mm.n_layers, mm.n_heads)
     if per_sample:
         return drops.float()
     return drops.mean(0).float() if n else torch.full((mm.n_layers, mm.n_heads), math.nan)
@@ -394,8 +425,10 @@ def head_scores_attribution(mm: MLLM, samples: Sequence[Sample] | Prepared, batc
     L, H, hd = mm.n_layers, mm.n_heads, mm.head_dim
     n = len(_samples_of(samples))
     total = torch.zeros(L, H, dtype=torch.float64)
-    for batch in tqdm(list(_batches(mm, samples, batch_size)) if not isinstance(samples, Prepared)
-                      else samples.batches, desc="attribution head scores", disable=not progress):
+    n_batches = len(samples.batches) if isinstance(samples, Prepared) else len(_chunks(_samples_of(samples), batch_size))
+    bar = tqdm(total=n_batches, desc="attribution head scores", disable=not progress)
+
+    def fn(batch: _Batch) -> None:
         with torch.enable_grad(), _o_proj_inputs(mm) as acts:
             m = margins(answer_logits(mm, batch.enc), batch.targets)
             inputs = [acts[l] for l in range(L)]
@@ -408,7 +441,74 @@ def head_scores_attribution(mm: MLLM, samples: Sequence[Sample] | Prepared, batc
             a_l = a.detach()[rows, last].float().unflatten(-1, (H, hd))
             g_l = g[rows, last].float().unflatten(-1, (H, hd))
             total[l] += (a_l * g_l).sum(-1).sum(0).double().cpu()
+        bar.update(1)
+
+    try:
+        _per_batch(mm, samples, batch_size, fn, "attribution head scores")
+    finally:
+        bar.close()
     return (total / n).float() if n else torch.full((L, H), math.nan)
+
+
+@dataclass
+class FastScores:
+    """Head scores by attribution patching, with the top candidates verified by exact ablation.
+
+    ``scores``: FloatTensor [L, H], the exact (exhaustive) score where ``verified`` and the attribution
+    score elsewhere; ``attribution``: [L, H]; ``verified``: BoolTensor [L, H]; ``forward_equivalents``:
+    decoder work in full forwards of a batch (attribution counted as 3: forward + backward), summed over
+    batches; ``rounds``: verification rounds (1 unless the top ``share`` held unverified heads).
+
+    Example::
+
+        fast = head_scores_fast(mm, ident); top_heads(fast.scores)       # all verified
+    """
+
+    scores: torch.Tensor
+    attribution: torch.Tensor
+    verified: torch.Tensor
+    forward_equivalents: float
+    rounds: int
+
+
+def head_scores_fast(mm: MLLM, samples: Sequence[Sample] | Prepared, share: float = 0.05, factor: float = 3.0,
+                     batch_size: int = 64, progress: bool = True, method: str = "prefix") -> FastScores:
+    """Attribution patching for every head, then exact ablation of the top candidates: ``FastScores``.
+
+    1. ``head_scores_attribution`` (one forward + backward per batch). 2. The ``ceil(factor * k)`` heads
+    with the highest attribution score (k = ``n_top(L, H, share)``) are scored exactly, as
+    ``head_scores_exhaustive`` does (``method``). 3. While the top k of the combined table hold a head
+    that is not verified, those heads are scored exactly too. So the top ``share`` of ``scores`` always
+    carry exact scores; a head outside the candidates whose exact score would rank in the top k is missed
+    only if its attribution score ranked below every candidate's (benchmarks/RESULTS.md reports the
+    top-5% set against the exhaustive one).
+
+    Example::
+
+        fast = head_scores_fast(mm, ident, share=0.05)      # fast.scores [L, H]
+        identified = top_heads(fast.scores, 0.05)
+    """
+    L, H = mm.n_layers, mm.n_heads
+    data = prepare(mm, samples, batch_size)
+    n = len(data)
+    attribution = head_scores_attribution(mm, data, progress=progress)
+    work = 3.0 * len(data.batches)
+    scores = attribution.clone()
+    verified = torch.zeros(L, H, dtype=torch.bool)
+    if n == 0:
+        return FastScores(scores, attribution, verified, 0.0, 0)
+    k = n_top(L, H, share)
+    todo = _ranked(attribution)[:min(L * H, math.ceil(factor * k))]
+    rounds = 0
+    while todo:
+        rounds += 1
+        drops, fwd = _exact_drops(mm, data, todo, batch_size, method, progress, "verify head scores")
+        work += fwd
+        for j, (l, h) in enumerate(todo):
+            scores[l, h] = float(drops[:, j].mean())
+            verified[l, h] = True
+        todo = [hd for hd in top_heads(scores, share) if not verified[hd]]
+    return FastScores(scores, attribution, verified, float(work), rounds)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -424,6 +524,17 @@ def n_top(n_layers: int, n_heads: int, share: float) -> int:
     return max(1, round(share * n_layers * n_heads))
 
 
+def _ranked(scores: torch.Tensor | np.ndarray) -> list[Head]:
+    """Every head of an [L, H] table, highest score first; NaN last; ties in (layer, head) order."""
+    s = torch.as_tensor(np.asarray(scores, dtype=np.float64))
+    if s.dim() != 2:
+        raise ValueError(f"scores must be [n_layers, n_heads], got shape {list(s.shape)}")
+    L, H = s.shape
+    flat = torch.nan_to_num(s.flatten(), nan=-math.inf)
+    order = sorted(range(L * H), key=lambda i: (-float(flat[i]), i))
+    return [(i // H, i % H) for i in order]
+
+
 def top_heads(scores: torch.Tensor | np.ndarray, share: float = 0.05) -> list[Head]:
     """The ``n_top`` heads with the highest score, highest first, as [(layer, head), ...].
 
@@ -434,13 +545,9 @@ def top_heads(scores: torch.Tensor | np.ndarray, share: float = 0.05) -> list[He
 
         top_heads(scores, 0.05)        # [(6, 3), (7, 0), (5, 5)] for 64 heads
     """
-    s = torch.as_tensor(np.asarray(scores, dtype=np.float64))
-    if s.dim() != 2:
-        raise ValueError(f"scores must be [n_layers, n_heads], got shape {list(s.shape)}")
-    L, H = s.shape
-    flat = torch.nan_to_num(s.flatten(), nan=-math.inf)
-    order = sorted(range(L * H), key=lambda i: (-float(flat[i]), i))
-    return [(i // H, i % H) for i in order[:n_top(L, H, share)]]
+    ranked = _ranked(scores)
+    L, H = np.asarray(scores).shape
+    return ranked[:n_top(L, H, share)]
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:
@@ -585,85 +692,26 @@ def identification_doc(model_name: str, exhaustive: torch.Tensor, attribution: t
     }
 
 
-@dataclass
-class _Trace:
-    """The unmodified forward of one batch: what enters each decoder layer, and the answer logits.
-
-    ``hidden[l]``: [B, T, D] entering layer l; ``kwargs[l]``: the keyword arguments the model passed to
-    layer l (attention mask, rotary embeddings, ...); ``logits``: [B, V] at the answer position.
-    """
-
-    hidden: list[torch.Tensor]
-    kwargs: list[dict[str, Any]]
-    logits: torch.Tensor
-    last: torch.Tensor
-
-
-def _trace(mm: MLLM, batch: _Batch) -> _Trace | None:
-    """Record the layer inputs of the unmodified forward of ``batch``; None if a layer takes extra positional
-    arguments (an architecture this shortcut does not know)."""
-    L = mm.n_layers
-    hidden: dict[int, torch.Tensor] = {}
-    kwargs: dict[int, dict[str, Any]] = {}
-    odd: list[int] = []
-
-    def pre(layer: int) -> Any:
-        def hook(module: torch.nn.Module, args: tuple[Any, ...], kw: dict[str, Any]) -> None:
-            if len(args) > 1:
-                odd.append(layer)
-            hidden[layer] = args[0] if args else kw["hidden_states"]
-            kwargs[layer] = {k: v for k, v in kw.items() if k not in ("hidden_states", "past_key_values", "use_cache")}
-
-        return hook
-
-    handles = [mm.layers[l].register_forward_pre_hook(pre(l), with_kwargs=True) for l in range(L)]
-    try:
-        logits = mm.model(**batch.enc.inputs, use_cache=False, logits_to_keep=1).logits[:, -1].float()
-    finally:
-        for handle in reversed(handles):
-            handle.remove()
-    if odd or len(hidden) != L:
-        return None
-    return _Trace([hidden[l] for l in range(L)], [kwargs[l] for l in range(L)], logits,
-                  batch.enc.groups.last_index().to(logits.device))
-
-
-def _rerun(mm: MLLM, trace: _Trace, start: int) -> torch.Tensor:
-    """[B, V] answer logits from layer ``start`` on, from the recorded input of that layer (hooks active)."""
-    h = trace.hidden[start]
-    for l in range(start, mm.n_layers):
-        out = mm.layers[l](h, **trace.kwargs[l], use_cache=False, past_key_values=None)
-        h = out[0] if isinstance(out, tuple) else out
-    at_last = h[torch.arange(h.shape[0], device=h.device), trace.last.to(h.device)]
-    return logit_lens(mm, at_last).float()
-
-
 @torch.no_grad()
 def _scaled_logits(mm: MLLM, batch: _Batch, jobs: Sequence[tuple[tuple[Head, ...], float]], positions: str
                    ) -> Iterator[torch.Tensor]:
     """Answer logits [B, V] of ``batch`` under each job (heads, alpha), in order.
 
-    Prefix reuse (design section 4): scaling heads whose lowest layer is l leaves the input of layer l
-    unchanged, so one unmodified forward records every layer's input and each job reruns only layers >= l.
-    Verified on every batch (rerunning the last layer must reproduce the logits to 1e-4 of their scale);
-    otherwise each job is a full forward under ``hooks.scale_heads``.
+    Prefix reuse (design section 4, ``hooks.PrefixTrace``): scaling heads whose lowest layer is l leaves the
+    input of layer l unchanged, so one clean forward serves every job and each reruns only layers >= l
+    (and, with ``positions="last"``, only the answer rows). Checked on every batch (``_traced``); otherwise
+    each job is a full forward under ``hooks.scale_heads``.
     """
-    trace = None
-    try:
-        trace = _trace(mm, batch)
-        if trace is not None:
-            tol = 1e-4 * max(1.0, float(trace.logits.abs().max()))
-            if float((_rerun(mm, trace, mm.n_layers - 1) - trace.logits).abs().max()) > tol:
-                trace = None
-    except (RuntimeError, ValueError, TypeError, KeyError):
-        trace = None
-    pos = None if positions == "all" else batch.enc.groups["last"]
+    last_only = positions == "last"
+    trace = _traced(mm, batch.enc, rows_from_last=last_only)
+    pos = batch.enc.groups["last"] if last_only else None
+    p0 = int(trace.last.min()) if trace is not None and last_only else 0
     for hs, alpha in jobs:
         if not hs or alpha == 1.0:
             out = trace.logits if trace is not None else answer_logits(mm, batch.enc).float()
         else:
             with scale_heads(mm, {h: alpha for h in hs}, positions=pos):
-                out = (_rerun(mm, trace, min(l for l, _ in hs)) if trace is not None
+                out = (trace.rerun(min(l for l, _ in hs), rows_from=p0) if trace is not None
                        else answer_logits(mm, batch.enc).float())
         yield out
 
@@ -700,11 +748,14 @@ class _FlagCache:
             return
         out = {k: torch.zeros(len(self.data), dtype=torch.bool) for k in todo}
         bar = tqdm(total=len(self.data.batches) * len(todo), desc=desc, disable=not progress)
+
+        def fn(batch: _Batch) -> None:
+            for k, logits in zip(todo, _scaled_logits(self.mm, batch, todo, self.positions)):
+                out[k][batch.index] = follows(logits, batch.targets).cpu()
+                bar.update(1)
+
         try:
-            for batch in self.data.batches:
-                for k, logits in zip(todo, _scaled_logits(self.mm, batch, todo, self.positions)):
-                    out[k][batch.index] = follows(logits, batch.targets).cpu()
-                    bar.update(1)
+            _per_batch(self.mm, self.data, len(self.data), fn, desc or "head sets")
         finally:
             bar.close()
         self.store.update(out)
@@ -909,6 +960,53 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
+IDENTIFY_METHODS: tuple[str, ...] = ("fast", "exhaustive")
+
+
+def identify_heads(mm: MLLM, samples: Sequence[Sample] | Prepared, model_name: str, share: float = 0.05,
+                   method: str = "fast", batch_size: int = 64, progress: bool = True,
+                   check_exhaustive: bool = False) -> dict[str, Any]:
+    """Notebook 03 in one call: score every head and identify the top ``share``; returns the 03 document.
+
+    ``method="fast"`` (default): ``head_scores_fast`` (attribution patching, then exact ablation of the top
+    3k candidates); ``"exhaustive"``: ``head_scores_exhaustive`` (every head ablated) plus attribution.
+    The document is ``identification_doc``'s with ``scores`` = the table the heads were identified from
+    (the exact score for verified heads), ``method``, ``scores_verified`` (bool [L, H]) and
+    ``forward_equivalents``; ``scores_exhaustive`` is present only when computed (``method="exhaustive"``
+    or ``check_exhaustive``, which also adds ``fast_vs_exhaustive``: the top-``share`` sets of both and
+    whether they are equal).
+
+    Example::
+
+        doc = identify_heads(mm, ident_samples, "tiny")              # fast
+        save_json(doc, "tiny", "03_head_identification")
+    """
+    if method not in IDENTIFY_METHODS:
+        raise ValueError(f"method must be one of {IDENTIFY_METHODS}, got {method!r}")
+    data = prepare(mm, samples, batch_size)
+    exhaustive = None
+    if method == "fast":
+        fast = head_scores_fast(mm, data, share=share, batch_size=batch_size, progress=progress)
+        scores, attribution, verified, work = fast.scores, fast.attribution, fast.verified, fast.forward_equivalents
+    else:
+        exhaustive = head_scores_exhaustive(mm, data, progress=progress)
+        attribution = head_scores_attribution(mm, data, progress=progress)
+        scores, verified = exhaustive, torch.ones(mm.n_layers, mm.n_heads, dtype=torch.bool)
+        work = float("nan")
+    if check_exhaustive and exhaustive is None:
+        exhaustive = head_scores_exhaustive(mm, data, progress=progress)
+    doc = identification_doc(model_name, scores, attribution, share, n_identify=len(data))
+    doc["scores"] = doc.pop("scores_exhaustive")
+    doc.update(method=method, scores_verified=verified.tolist(), forward_equivalents=work)
+    if exhaustive is not None:
+        doc["scores_exhaustive"] = np.asarray(exhaustive, dtype=float).tolist()
+        if method == "fast":
+            a, b = top_heads(scores, share), top_heads(exhaustive, share)
+            doc["fast_vs_exhaustive"] = {"top_fast": [list(h) for h in a], "top_exhaustive": [list(h) for h in b],
+                                         "equal": set(a) == set(b), "overlap": len(set(a) & set(b)) / len(a)}
+    return doc
+
+
 def save_json(doc: Mapping[str, Any], model_name: str, name: str) -> Path:
     """Write ``doc`` to ``results/<model>/<name>.json`` atomically; NaN and inf become null.
 
@@ -930,8 +1028,10 @@ def load_json(model_name: str, name: str) -> dict[str, Any]:
 
 
 def load_identification(model_name: str, mm: MLLM | None = None) -> dict[str, Any]:
-    """Notebook 03's document, with ``scores_exhaustive``/``scores_attribution`` as FloatTensors [L, H]
-    (null -> NaN) and ``identified`` as [(layer, head), ...]. With ``mm``, checks that its shape matches.
+    """Notebook 03's document, with ``scores`` (the table the heads were identified from; equal to
+    ``scores_exhaustive`` for exhaustive documents), ``scores_exhaustive`` (when computed) and
+    ``scores_attribution`` as FloatTensors [L, H] (null -> NaN) and ``identified`` as [(layer, head), ...].
+    With ``mm``, checks that its shape matches.
 
     Example::
 
@@ -943,8 +1043,11 @@ def load_identification(model_name: str, mm: MLLM | None = None) -> dict[str, An
             f"{path} is missing: run 03 first (notebooks/03_head_identification.ipynb with model={model_name!r}); "
             "notebooks 04-06 use the heads it identifies")
     doc = json.loads(path.read_text())
-    for key in ("scores_exhaustive", "scores_attribution"):
-        doc[key] = torch.tensor([[math.nan if v is None else float(v) for v in row] for row in doc[key]])
+    if "scores" not in doc:                       # written by identification_doc: identified by the exhaustive score
+        doc["scores"] = doc["scores_exhaustive"]
+    for key in ("scores", "scores_exhaustive", "scores_attribution"):
+        if key in doc:
+            doc[key] = torch.tensor([[math.nan if v is None else float(v) for v in row] for row in doc[key]])
     doc["identified"] = [(int(l), int(h)) for l, h in doc["identified"]]
     if mm is not None and (doc["n_layers"], doc["n_heads"]) != (mm.n_layers, mm.n_heads):
         raise ValueError(f"{path} was written for {doc['n_layers']} x {doc['n_heads']} heads, but {mm.name!r} has "

@@ -45,7 +45,7 @@ def direct_drop(mm: MLLM, samples: list[Sample], head: tuple[int, int]) -> float
 def test_exhaustive_score_equals_direct_computation(llava: MLLM, samples: list[Sample]) -> None:
     scores = heads.head_scores_exhaustive(llava, samples, batch_size=4, progress=False)   # 2 batches, padded
     assert scores.shape == (llava.n_layers, llava.n_heads)
-    assert heads.fast_path_status(llava.name) == "kv-cache"
+    assert heads.fast_path_status(llava.name) == "prefix-reuse"
     for head in [(0, 1), (2, 3), (3, 0)]:
         assert float(scores[head]) == pytest.approx(direct_drop(llava, samples, head), abs=1e-5)
     assert float(scores[2, 3]) == pytest.approx(heads.head_score_reference(llava, samples[:6], (2, 3)), abs=1e-5)
@@ -178,7 +178,7 @@ def test_prefix_reuse_equals_full_forwards(llava: MLLM, samples: list[Sample], p
     cache.fill([(hs, a) for hs, a in jobs], "", progress=False)
     for hs, alpha in jobs:
         assert torch.equal(cache(list(hs), alpha), heads.mfr(llava, data, list(hs), alpha, positions))
-    monkeypatch.setattr(heads, "_trace", lambda mm, batch: None)        # the fallback: full forwards
+    monkeypatch.setattr(heads, "_traced", lambda mm, enc, rows_from_last: None)   # the fallback: full forwards
     fallback = heads._FlagCache(llava, data, positions)
     assert torch.equal(fallback(list(jobs[1][0]), 0.0), cache(list(jobs[1][0]), 0.0))
     assert active_hooks(llava) == 0
