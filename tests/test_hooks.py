@@ -5,14 +5,21 @@ from __future__ import annotations
 from contextlib import AbstractContextManager, ExitStack
 from typing import Any, Callable, Iterator
 
+import warnings
+
+import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from mfutils.batching import BatchOutOfMemoryError, is_out_of_memory, run_batched
 from mfutils.groups import Encoded, edge_block, encode
-from mfutils.hooks import (KnockoutError, active_hooks, capture, knockout, logit_lens, residual_stream,
-                           scale_heads)
+from mfutils.hooks import (KnockoutError, active_hooks, capture, check_head, knockout, logit_lens, prefix_trace,
+                           residual_stream, scale_heads)
+from mfutils.metrics import answer_logits
 from mfutils.models import MLLM, RANDOM_ARCHS
-from mfutils.prompts import Prompt
+from mfutils.prompts import GROUP_NAMES, Prompt
 
 
 @pytest.fixture
@@ -258,3 +265,198 @@ def test_no_hook_left_after_exception(mm: MLLM, enc: Encoded) -> None:
         logits(mm, enc)
     assert active_hooks(mm) == n
 
+
+
+# ------------------------------------------------------------------------------------------------
+# Prefix reuse: reruns equal full forwards under the same interventions
+# ------------------------------------------------------------------------------------------------
+def no_self(block: torch.Tensor) -> torch.Tensor:
+    return block & ~torch.eye(block.shape[-1], dtype=torch.bool)
+
+
+@torch.no_grad()
+def test_prefix_trace_equals_full_forwards(mm: MLLM, enc: Encoded) -> None:
+    """Every architecture x attention implementation: knockouts, batched knockouts, head scaling."""
+    g = enc.groups
+    trace = prefix_trace(mm, enc)
+    base = answer_logits(mm, enc).float()
+    assert torch.equal(trace.logits, base)
+    n = active_hooks(mm)
+    cuts = [no_self(edge_block(g, ["image", "context"], "instruction")), edge_block(g, "image", "last"),
+            edge_block(g, "question", "last")]
+    for start, stop in ((0, 1), (1, 3), (mm.n_layers - 1, mm.n_layers)):
+        refs = []
+        for cut in cuts:
+            with knockout(mm, cut, range(start, stop)):
+                refs.append(answer_logits(mm, enc).float())
+            got = trace.rerun(start, stop, cut=cut)                      # rows from the first cut query
+            assert (got - refs[-1]).abs().max() <= 1e-4, (start, stop)
+        batched = trace.rerun_many(start, stop, cuts)
+        assert batched.shape == (len(cuts), *base.shape)
+        for ref, got in zip(refs, batched):
+            assert (got - ref).abs().max() <= 1e-4
+    assert (refs[1] - base).abs().max() > 1e-3                           # the knockouts did something
+    with knockout(mm, cuts[1], [1], heads=[0, 2]):
+        ref = answer_logits(mm, enc).float()
+    assert (trace.rerun(1, 2, cut=cuts[1], heads=[0, 2]) - ref).abs().max() <= 1e-4
+    for positions, rows_from in ((g["last"], int(trace.last.min())), (None, 0)):
+        with scale_heads(mm, {(2, 1): 0.0, (3, 0): 3.0}, positions=positions):
+            ref = answer_logits(mm, enc).float()
+            got = trace.rerun(2, rows_from=rows_from)
+        assert (got - ref).abs().max() <= 1e-4 and (ref - base).abs().max() > 1e-4
+    assert active_hooks(mm) == n                                         # reruns leave no hook behind
+
+
+@torch.no_grad()
+def test_prefix_trace_rejects_bad_windows_and_rows(mm_arch: MLLM, prompts: list[Prompt]) -> None:
+    enc = encode(mm_arch, prompts)
+    trace = prefix_trace(mm_arch, enc)
+    L = mm_arch.n_layers
+    with pytest.raises(ValueError, match=rf"window \[0, {L + 1}\) out of range: the model has {L} layers"):
+        trace.rerun(0, L + 1)
+    with pytest.raises(ValueError, match="out of range"):
+        trace.rerun(L)
+    with pytest.raises(ValueError, match="rows_from"):
+        trace.rerun(0, rows_from=int(trace.last.min()) + 1)
+    with pytest.raises(ValueError, match=r"BoolTensor \[B, T, T\]"):
+        trace.rerun(0, 1, cut=edge_block(enc.groups, "image", "last")[:2])
+    slim = prefix_trace(mm_arch, enc, keep_kv=False)
+    with pytest.raises(ValueError, match="keep_kv=True"):
+        slim.rerun(0, 1, cut=edge_block(enc.groups, "image", "last"))
+    assert torch.equal(slim.rerun(0), trace.rerun(0))
+
+
+# ------------------------------------------------------------------------------------------------
+# Issue 8: clear errors for bad hook arguments
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("alpha", [-0.5, float("nan"), float("inf")])
+def test_scale_heads_rejects_negative_or_non_finite_alpha(mm_arch: MLLM, alpha: float) -> None:
+    n = active_hooks(mm_arch)
+    with pytest.raises(ValueError, match=r"alpha .* for head \(1, 2\) is not allowed: alpha must be finite and >= 0"):
+        scale_heads(mm_arch, {(1, 2): alpha}).__enter__()
+    table = torch.ones(mm_arch.n_layers, mm_arch.n_heads)
+    table[0, 3] = alpha
+    with pytest.raises(ValueError, match=r"head \(0, 3\)"):
+        scale_heads(mm_arch, table).__enter__()
+    assert active_hooks(mm_arch) == n
+
+
+def test_head_out_of_range_names_the_valid_range(mm_arch: MLLM) -> None:
+    L, H = mm_arch.n_layers, mm_arch.n_heads
+    for bad in ((L, 0), (0, H), (-1, 0)):
+        with pytest.raises(ValueError, match=rf"valid heads are \(layer 0..{L - 1}, head 0..{H - 1}\)"):
+            check_head(mm_arch, bad)
+        with pytest.raises(ValueError, match=rf"layer 0..{L - 1}, head 0..{H - 1}"):
+            scale_heads(mm_arch, {bad: 0.0}).__enter__()
+    assert check_head(mm_arch, (L - 1, H - 1)) == (L - 1, H - 1)
+
+
+def test_knockout_window_larger_than_the_model(mm_arch: MLLM, prompts: list[Prompt]) -> None:
+    enc = encode(mm_arch, prompts)
+    block = edge_block(enc.groups, "image", "last")
+    L = mm_arch.n_layers
+    with pytest.raises(ValueError, match=rf"layers \[{L}\] out of range: the model has {L} layers, valid layers are "
+                                         rf"0..{L - 1}"):
+        knockout(mm_arch, block, range(L + 1)).__enter__()
+    with pytest.raises(ValueError, match=rf"0..{mm_arch.n_heads - 1}"):
+        knockout(mm_arch, block, [0], heads=[-1]).__enter__()
+
+
+# ------------------------------------------------------------------------------------------------
+# Issue 8: out of memory -> retry at half the batch size
+# ------------------------------------------------------------------------------------------------
+def fake_model(limit: int, calls: list[tuple[int, int]], error: type[BaseException] | None = None) -> Any:
+    """fn(start, stop) that runs out of memory on more than ``limit`` items and returns the range."""
+
+    def fn(start: int, stop: int) -> list[int]:
+        calls.append((start, stop))
+        if stop - start > limit:
+            if error is not None:
+                raise error("CUDA out of memory. Tried to allocate 2.00 GiB")
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate; out of memory")
+        return list(range(start, stop))
+
+    return fn
+
+
+@pytest.mark.parametrize("error", [None, getattr(torch, "OutOfMemoryError", RuntimeError)])
+def test_run_batched_halves_the_batch_on_out_of_memory(error: type[BaseException] | None) -> None:
+    calls: list[tuple[int, int]] = []
+    with pytest.warns(RuntimeWarning) as record:
+        out = run_batched(fake_model(3, calls, error), 20, 16, desc="test loop")
+    assert [i for part in out for i in part] == list(range(20))               # every item, once, in order
+    messages = [str(w.message) for w in record]
+    assert messages[0].startswith("out of memory at batch size 16; retrying at 8")
+    assert messages[1].startswith("out of memory at batch size 8; retrying at 4")
+    assert messages[2].startswith("out of memory at batch size 4; retrying at 2")
+    assert len(messages) == 3 and all(b - a <= 2 for a, b in calls[3:])     # the smaller size is kept
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert run_batched(fake_model(100, [], error), 7, 3) == [[0, 1, 2], [3, 4, 5], [6]]
+
+
+def test_run_batched_gives_up_at_one_sample_and_passes_other_errors() -> None:
+    with pytest.warns(RuntimeWarning), pytest.raises(BatchOutOfMemoryError, match="batch of 1 sample in sweep.*device"):
+        run_batched(fake_model(0, []), 5, 4, desc="sweep")
+
+    def broken(start: int, stop: int) -> None:
+        raise RuntimeError("shape mismatch")
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        run_batched(broken, 5, 4)
+    assert is_out_of_memory(RuntimeError("CUDA out of memory. Tried to allocate"))
+    assert not is_out_of_memory(RuntimeError("expected scalar type Float"))
+    with pytest.raises(ValueError, match="batch_size"):
+        run_batched(broken, 5, 0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Issue 8 item 5: property tests (random groups, layers and heads)
+# ------------------------------------------------------------------------------------------------
+PROPERTY = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+GROUPS = [g for g in GROUP_NAMES if g not in ("system",)]
+
+
+@PROPERTY
+@given(data=st.data())
+def test_property_noop_interventions_are_bit_identical(tiny_models: Any, prompts: list[Prompt],
+                                                       data: st.DataObject) -> None:
+    arch = data.draw(st.sampled_from(RANDOM_ARCHS))
+    mm = tiny_models(arch, data.draw(st.sampled_from(["sdpa", "eager"])))
+    enc = encode(mm, prompts)
+    layers = data.draw(st.lists(st.integers(0, mm.n_layers - 1), min_size=1, max_size=mm.n_layers))
+    heads = data.draw(st.none() | st.lists(st.integers(0, mm.n_heads - 1), min_size=1, max_size=mm.n_heads))
+    chosen = data.draw(st.lists(st.tuples(st.integers(0, mm.n_layers - 1), st.integers(0, mm.n_heads - 1)),
+                                min_size=1, max_size=6))
+    src = data.draw(st.lists(st.sampled_from(GROUPS), min_size=1, max_size=3, unique=True))
+    dst = data.draw(st.lists(st.sampled_from(GROUPS), min_size=1, max_size=3, unique=True))
+    base = logits(mm, enc)
+    empty = edge_block(enc.groups, src, dst) & False                  # random groups, nothing cut
+    with knockout(mm, empty, layers, heads=heads), scale_heads(mm, {h: 1.0 for h in chosen}):
+        assert torch.equal(logits(mm, enc), base)
+
+
+@PROPERTY
+@given(data=st.data())
+def test_property_interventions_are_local_in_depth(tiny_models: Any, prompts: list[Prompt],
+                                                   data: st.DataObject) -> None:
+    """A knockout of layers >= l leaves the residual stream entering l unchanged; so does scaling heads
+    of layer l (and every earlier layer's input)."""
+    mm = tiny_models(data.draw(st.sampled_from(RANDOM_ARCHS)), data.draw(st.sampled_from(["sdpa", "eager"])))
+    enc = encode(mm, prompts)
+    g = enc.groups
+    L = mm.n_layers
+    l = data.draw(st.integers(0, L - 1))
+    layers = data.draw(st.lists(st.integers(l, L - 1), min_size=1, max_size=L)) + [l]
+    src = data.draw(st.lists(st.sampled_from(GROUPS), min_size=1, max_size=3, unique=True))
+    dst = data.draw(st.lists(st.sampled_from(GROUPS), min_size=1, max_size=3, unique=True))
+    block = edge_block(g, src, dst) & torch.ones(g.shape[1], g.shape[1], dtype=torch.bool).tril(-1)
+    block &= ~g.pad[:, None, :] & ~g.pad[:, :, None]
+    head = data.draw(st.integers(0, mm.n_heads - 1))
+    alpha = data.draw(st.sampled_from([0.0, 0.5, 2.0, 8.0]))
+    clean = residual_stream(mm, enc)
+    for intervention in (lambda: knockout(mm, block, layers), lambda: scale_heads(mm, {(l, head): alpha})):
+        with intervention():
+            resid = residual_stream(mm, enc)
+        for before in range(l + 1):
+            assert torch.equal(resid[before], clean[before]), before
