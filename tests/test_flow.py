@@ -190,3 +190,45 @@ def test_run_information_flow_document(mm: MLLM, monkeypatch: pytest.MonkeyPatch
     assert back["n"]["failed"] == back["knockout"]["image->last"]["failed"]["n"]
     assert set(back["controls"]["system"]) == set(flow.CONTROL_EDGES["system"])
     assert len(back["ldar"]["anchor_mean"]["rate"]) == mm.n_layers + 1
+
+
+# ------------------------------------------------------------------------------------------------
+# Prefix reuse and condition batching equal the naive sweep on every architecture
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ["llava", "qwen2_vl", "qwen2_5_vl"])
+def test_prefix_sweep_equals_naive_sweep(arch: str, samples: list[Sample]) -> None:
+    model = random_model(arch, n_layers=4, seed=0)
+    edges = list(flow.MAIN_EDGES) + ["image+context->system"]
+    runs = {(m, b): flow.knockout_sweep(model, samples, edges, k=k, batch_size=5, progress=False, method=m,
+                                        batch_conditions=b)
+            for k in (1,) for m, b in (("naive", False), ("prefix", False), ("prefix", True))}
+    naive = runs[("naive", False)]
+    for key, run in runs.items():
+        np.testing.assert_array_equal(np.isnan(run.knocked), np.isnan(naive.knocked))
+        assert np.nanmax(np.abs(run.knocked - naive.knocked)) <= 1e-4, key
+        np.testing.assert_allclose(run.base, naive.base, atol=1e-5)
+        np.testing.assert_array_equal(run.follows, naive.follows)
+    assert np.nanmax(np.abs(naive.knocked - naive.base)) > 1e-3                        # knockouts act
+    assert runs[("prefix", True)].info["forward_equivalents"] == pytest.approx(
+        runs[("prefix", False)].info["forward_equivalents"])                           # same rows recomputed
+    assert runs[("prefix", False)].info["forward_equivalents"] < naive.info["forward_equivalents"] / 2
+    # 2 batches x (clean + every main edge x window); "image+context->system" never cuts an existing edge (the
+    # system sentence precedes image and context), so no forward is spent on it
+    assert naive.info["forward_equivalents"] == 2 * (1 + len(flow.MAIN_EDGES) * model.n_layers)
+
+
+def test_sweep_survives_out_of_memory(mm: MLLM, samples: list[Sample], sweep: flow.SweepResult,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    real = flow.prefix_trace
+
+    def small_memory(model, enc, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if enc.groups.shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        return real(model, enc, *args, **kwargs)
+
+    monkeypatch.setattr(flow, "prefix_trace", small_memory)
+    with pytest.warns(RuntimeWarning, match="out of memory at batch size 5; retrying at 2"):
+        again = flow.knockout_sweep(mm, samples, sweep.edges, k=2, batch_size=5, progress=False)
+    np.testing.assert_allclose(again.knocked, sweep.knocked, atol=1e-5)
+    with pytest.raises(ValueError, match="method"):
+        flow.knockout_sweep(mm, samples, sweep.edges, k=2, method="fast")
