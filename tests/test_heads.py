@@ -247,3 +247,83 @@ def test_hooks_are_removed_after_an_exception(llava: MLLM, samples: list[Sample]
         with pytest.raises(RuntimeError, match="boom"):
             run()
         assert active_hooks(llava) == before
+
+
+# ------------------------------------------------------------------------------------------------
+# Fast paths: prefix reuse, attribution + verification, the identification entry point
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ["llava", "qwen2_vl", "qwen2_5_vl"])
+def test_prefix_scores_equal_full_forward_scores(arch: str, samples: list[Sample]) -> None:
+    mm = random_model(arch, n_layers=3, seed=2)
+    fast = heads.head_scores_exhaustive(mm, samples, batch_size=4, progress=False)
+    assert heads.fast_path_status(mm.name) == "prefix-reuse"
+    full = heads.head_scores_exhaustive(mm, samples, batch_size=4, progress=False, method="full")
+    assert torch.allclose(fast, full, atol=1e-5) and full.abs().max() > 1e-3
+    with pytest.raises(ValueError, match="method"):
+        heads.head_scores_exhaustive(mm, samples, method="kv")
+
+
+def test_fast_scores_verify_the_top_candidates(llava: MLLM, samples: list[Sample]) -> None:
+    data = heads.prepare(llava, samples, 4)
+    ex = heads.head_scores_exhaustive(llava, data, progress=False)
+    attr = heads.head_scores_attribution(llava, data, progress=False)
+    share = 0.1                                        # k = 2 of 16 heads: 6 candidates
+    fast = heads.head_scores_fast(llava, data, share=share, progress=False)
+    L, H = llava.n_layers, llava.n_heads
+    k = heads.n_top(L, H, share)
+    candidates = heads._ranked(attr)[:3 * k]
+    assert torch.allclose(fast.attribution, attr, atol=1e-6)
+    assert all(fast.verified[hd] for hd in candidates) and int(fast.verified.sum()) >= 3 * k
+    v = fast.verified
+    assert torch.allclose(fast.scores[v], ex[v], atol=1e-5)                  # verified: the exact score
+    assert torch.equal(fast.scores[~v], attr[~v])                            # the others: attribution
+    assert all(fast.verified[hd] for hd in heads.top_heads(fast.scores, share))
+    assert 0 < fast.forward_equivalents and fast.rounds >= 1
+    # verifying every head reproduces the exhaustive table
+    every = heads.head_scores_fast(llava, data, share=share, factor=L * H / k, progress=False)
+    assert bool(every.verified.all()) and torch.allclose(every.scores, ex, atol=1e-5)
+    none = heads.head_scores_fast(llava, [], progress=False)
+    assert torch.isnan(none.scores).all() and not none.verified.any()
+
+
+def test_identify_heads_document(llava: MLLM, samples: list[Sample], tmp_path: object,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MF_OUT", str(tmp_path))
+    doc = heads.identify_heads(llava, samples, "random:llava", share=0.1, batch_size=4, progress=False,
+                               check_exhaustive=True)
+    assert doc["method"] == "fast" and doc["k"] == 2 and len(doc["identified"]) == 2
+    ex = torch.tensor(doc["scores_exhaustive"])
+    cmp = doc["fast_vs_exhaustive"]
+    assert cmp["top_exhaustive"] == [list(h) for h in heads.top_heads(ex, 0.1)]
+    assert cmp["top_fast"] == doc["identified"] and cmp["equal"] == (set(map(tuple, cmp["top_fast"]))
+                                                                     == set(map(tuple, cmp["top_exhaustive"])))
+    verified = torch.tensor(doc["scores_verified"])
+    assert all(verified[l, h] for l, h in doc["identified"])
+    heads.save_json(doc, "random:llava", "03_head_identification")
+    back = heads.load_identification("random:llava", llava)
+    assert back["identified"] == [tuple(h) for h in doc["identified"]]
+    assert heads.top_heads(back["scores"], 0.1) == back["identified"]
+    plain = heads.identify_heads(llava, samples, "random:llava", share=0.1, method="exhaustive", progress=False)
+    assert plain["scores"] == plain["scores_exhaustive"] and "fast_vs_exhaustive" not in plain
+    with pytest.raises(ValueError, match="method"):
+        heads.identify_heads(llava, samples, "random:llava", method="attribution")
+
+
+def test_head_loops_survive_out_of_memory(llava: MLLM, samples: list[Sample], monkeypatch: pytest.MonkeyPatch) -> None:
+    data = heads.prepare(llava, samples, 6)
+    ex = heads.head_scores_exhaustive(llava, data, progress=False)
+    attr = heads.head_scores_attribution(llava, data, progress=False)
+    real = heads.answer_logits
+
+    def small_memory(mm, enc, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if enc.groups.shape[0] > 3:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 MiB")
+        return real(mm, enc, *args, **kwargs)
+
+    monkeypatch.setattr(heads, "answer_logits", small_memory)
+    with pytest.warns(RuntimeWarning, match="out of memory at batch size 6; retrying at 3"):
+        again = heads.head_scores_attribution(llava, data, progress=False)
+    assert torch.allclose(again, attr, atol=1e-5)
+    with pytest.warns(RuntimeWarning, match="out of memory at batch size 6; retrying at 3"):
+        full = heads.head_scores_exhaustive(llava, data, progress=False, method="full")
+    assert torch.allclose(full, ex, atol=1e-5)
