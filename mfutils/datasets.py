@@ -5,11 +5,18 @@ The manifest (``results/<model>/data_manifest.json``) records, for each named sp
 notebook regenerates the split from its seed and refuses to go on if the checksum differs (the world's
 code changed since notebook 01 ran).
 
+With ``dataset="mc2"`` the same split names are built from the MC2 file (``mfutils.mc2.build_splits``,
+filtered per model when a model is given) and the manifest records the file's path and sha256, the COCO
+root, and each split's sample keys (record, instruction, option order), so later notebooks rebuild exactly
+the same samples without running the filter again.
+
 Public API
 ----------
 DEFAULT_SIZES, SMOKE_SIZES        samples per split for full and smoke runs
-write_manifest(model, sizes) -> dict
+write_manifest(model, sizes, dataset="world", mc2_json="", coco_root="", mm=None) -> dict
 load_split(model, name) -> list[Sample]     regenerated and verified against the manifest
+manifest_dataset(model) -> str              "world" or "mc2": what notebook 01 built for ``model``
+DATASETS                                    ("world", "mc2")
 DatasetMismatchError
 
 Example::
@@ -26,12 +33,20 @@ from typing import Any
 from .paths import results_dir
 from .world import DATASET_VERSION, SPLITS, Sample, dataset_checksum, make_split
 
-__all__ = ["DEFAULT_SIZES", "SMOKE_SIZES", "write_manifest", "load_split", "DatasetMismatchError", "manifest_path"]
+__all__ = ["DEFAULT_SIZES", "SMOKE_SIZES", "write_manifest", "load_split", "DatasetMismatchError", "manifest_path",
+           "manifest_dataset", "DATASETS", "MC2_SIZES"]
+
+DATASETS = ("world", "mc2")
 
 DEFAULT_SIZES: dict[str, int] = {"identify": 256, "test": 400, "test_system": 200, "test_instruction_last": 200,
                                  "capability": 300, "fail_pool": 2000}
 SMOKE_SIZES: dict[str, int] = {"identify": 24, "test": 32, "test_system": 16, "test_instruction_last": 16,
                                "capability": 24, "fail_pool": 64}
+
+
+# MC2 has 2,000 records (1,000 per half); the fail pool is the test half (failures are found there).
+MC2_SIZES: dict[str, int] = {"identify": 256, "test": 400, "test_system": 200, "test_instruction_last": 200,
+                             "capability": 300, "fail_pool": 1000}
 
 
 class DatasetMismatchError(RuntimeError):
@@ -42,32 +57,116 @@ def manifest_path(model: str):  # -> Path
     return results_dir(model) / "data_manifest.json"
 
 
-def write_manifest(model: str, sizes: dict[str, int]) -> dict[str, Any]:
-    """Generate every split at ``sizes`` and record seed, size and checksum (written atomically)."""
+def _write(path: Any, manifest: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=1))
+    tmp.replace(path)
+
+
+def write_manifest(model: str, sizes: dict[str, int], dataset: str = "world", mc2_json: str = "",
+                   coco_root: str = "", mm: Any = None, model_filter: bool = True, form: str = "open") -> dict[str, Any]:
+    """Generate every split at ``sizes`` and record seed (world) or sample keys (MC2), size and checksum
+    (written atomically). ``dataset="mc2"`` needs ``mc2_json`` and ``coco_root``; with ``mm`` the MC2 samples
+    are filtered for that model (``mfutils.mc2.build_splits``), and the split sizes are upper bounds.
+
+    Example::
+
+        write_manifest("tiny", DEFAULT_SIZES)
+        write_manifest(path, MC2_SIZES, dataset="mc2", mc2_json=json_path, coco_root=coco, mm=mm)
+    """
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; use one of {DATASETS}")
+    if dataset == "mc2":
+        return _write_mc2_manifest(model, sizes, mc2_json, coco_root, mm, model_filter, form)
     unknown = set(sizes) - set(SPLITS)
     if unknown:
         raise ValueError(f"unknown splits {sorted(unknown)}; known: {sorted(SPLITS)}")
-    manifest: dict[str, Any] = {"dataset_version": DATASET_VERSION, "splits": {}}
+    manifest: dict[str, Any] = {"dataset": "world", "dataset_version": DATASET_VERSION, "splits": {}}
     for name, n in sizes.items():
         samples = make_split(name, n)
         manifest["splits"][name] = {"n": n, "seed": SPLITS[name]["seed"], "categories": list(SPLITS[name]["categories"]),  # type: ignore[call-overload]
                                     "variant": SPLITS[name]["variant"], "sha256": dataset_checksum(samples)}
-    path = manifest_path(model)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    tmp.replace(path)
+    _write(manifest_path(model), manifest)
     return manifest
 
 
-def load_split(model: str, name: str) -> list[Sample]:
-    """The split ``name`` as notebook 01 recorded it for ``model``; raises if missing or changed."""
+def _write_mc2_manifest(model: str, sizes: dict[str, int], mc2_json: str, coco_root: str, mm: Any,
+                        model_filter: bool, form: str) -> dict[str, Any]:
+    from pathlib import Path
+
+    from . import mc2
+
+    if not mc2_json or not coco_root:
+        raise ValueError("dataset='mc2' needs mc2_json=<path to evaluate_final.json> and coco_root=<COCO 2014 folder>")
+    records = mc2.load_records(mc2_json)
+    images = mc2.find_images(records, coco_root)
+    splits, info = mc2.build_splits(records, images, sizes, mm=mm, model_filter=model_filter, form=form)
+    manifest: dict[str, Any] = {
+        "dataset": "mc2", "mc2_json": str(Path(mc2_json).expanduser().resolve()), "mc2_sha256": mc2.file_sha256(mc2_json),
+        "coco_root": str(Path(coco_root).expanduser().resolve()), "n_records": len(records), "form": form,
+        "filtered_for": getattr(mm, "name", None) if info["model_filter"] else None, "build": info, "splits": {}}
+    for name, samples in splits.items():
+        keys = [[s.index, s.category.removeprefix("follow_"), (s.meta or {}).get("order", "")] for s in samples]
+        manifest["splits"][name] = {"n": len(samples), "requested": sizes[name], "keys": keys,
+                                    "sha256": dataset_checksum(samples)}
+    _write(manifest_path(model), manifest)
+    return manifest
+
+
+def manifest_dataset(model: str) -> str:
+    """``"world"`` or ``"mc2"``: the dataset notebook 01 built for ``model`` (raises if 01 has not run)."""
+    return str(_read_manifest(model).get("dataset", "world"))
+
+
+def _read_manifest(model: str) -> dict[str, Any]:
     path = manifest_path(model)
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: run notebooks/01_data_construction.ipynb for model={model!r} "
                                 "first (make reproduce runs it)")
-    manifest = json.loads(path.read_text())
+    return json.loads(path.read_text())
+
+
+def _load_mc2_split(model: str, name: str, manifest: dict[str, Any]) -> list[Sample]:
+    from . import mc2
+
+    entry = manifest["splits"][name]
+    got_sha = mc2.file_sha256(manifest["mc2_json"]) if _exists(manifest["mc2_json"]) else None
+    if got_sha != manifest["mc2_sha256"]:
+        raise DatasetMismatchError(
+            f"the MC2 file {manifest['mc2_json']} is {'missing' if got_sha is None else 'changed (sha256 ' + got_sha[:12] + '...)'}"
+            f" since notebook 01 built the splits of {model!r} (sha256 {manifest['mc2_sha256'][:12]}...): rerun the chain from 01")
+    records = mc2.load_records(manifest["mc2_json"])
+    used = sorted({int(k[0]) for k in entry["keys"]})
+    found = mc2.find_images([records[i] for i in used], manifest["coco_root"])
+    images: list[Any] = [None] * len(records)
+    for i, p in zip(used, found):
+        images[i] = p
+    samples = mc2.split_samples(name, records, images, entry["keys"], form=manifest.get("form", "open"))
+    if dataset_checksum(samples) != entry["sha256"]:
+        raise DatasetMismatchError(f"MC2 split {name!r} rebuilt now differs from the manifest {manifest_path(model)} "
+                                   "(mfutils.mc2 changed since notebook 01 ran): rerun the chain from 01")
+    return samples
+
+
+def _exists(p: str) -> bool:
+    from pathlib import Path
+
+    return Path(p).is_file()
+
+
+def load_split(model: str, name: str) -> list[Sample]:
+    """The split ``name`` as notebook 01 recorded it for ``model``; raises if missing or changed.
+
+    Example::
+
+        samples = load_split("tiny", "test")           # world or MC2 samples, as notebook 01 built them
+    """
+    path = manifest_path(model)
+    manifest = _read_manifest(model)
     if name not in manifest["splits"]:
         raise KeyError(f"split {name!r} is not in {path}; it has {sorted(manifest['splits'])}")
+    if manifest.get("dataset", "world") == "mc2":
+        return _load_mc2_split(model, name, manifest)
     entry = manifest["splits"][name]
     samples = make_split(name, entry["n"])
     got = dataset_checksum(samples)

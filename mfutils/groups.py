@@ -11,6 +11,7 @@ Encoded                 ``inputs`` (pass as ``mm.model(**enc.inputs)``), ``group
 TokenGroups             per-sample bool masks [B, T] for every name in ``mfutils.prompts.GROUP_NAMES``
 edge_block(groups, src, dst) -> BoolTensor[B, T, T]   the attention edges dst-query -> src-key to cut
 render_prompt(mm, prompt) -> str                     the rendered text (what training and evaluation feed)
+load_image(image) -> image                           a file path opened as RGB PIL; arrays pass through
 SegmentNotFoundError    a segment whose text is missing from the rendered prompt (or maps to no token)
 
 Example::
@@ -30,7 +31,7 @@ import torch
 from .models import MLLM
 from .prompts import GROUP_NAMES, Prompt
 
-__all__ = ["encode", "Encoded", "TokenGroups", "edge_block", "SegmentNotFoundError", "render_prompt"]
+__all__ = ["encode", "Encoded", "TokenGroups", "edge_block", "SegmentNotFoundError", "render_prompt", "load_image"]
 
 # Marks the start of the user turn when a template is rendered to locate it (never part of a real prompt).
 _SENTINEL = "\x00"
@@ -145,8 +146,16 @@ def _render_chat(mm: MLLM, content: list[dict[str, str]]) -> str:
 def _render(mm: MLLM, prompt: Prompt) -> tuple[str, int]:
     """The rendered text of ``prompt`` and the character where the user turn starts."""
     if _chat_template(mm):
-        content = [{"type": "image"} if name == "image" else {"type": "text", "text": text}
-                   for name, text in prompt.segments]
+        # consecutive text segments go into one text item, joined by a space: chat templates concatenate
+        # text items as they are (Qwen, InternVL) or append a space to each (llava-hf)
+        content: list[dict[str, str]] = []
+        for name, text in prompt.segments:
+            if name == "image":
+                content.append({"type": "image"})
+            elif content and content[-1]["type"] == "text":
+                content[-1]["text"] += " " + text
+            else:
+                content.append({"type": "text", "text": text})
         return _render_chat(mm, content), _render_chat(mm, [{"type": "text", "text": _SENTINEL}]).index(_SENTINEL)
     user = " ".join(mm.spec.image_placeholder if name == "image" else text for name, text in prompt.segments)
     return mm.spec.template.format(user=user), mm.spec.template.format(user=_SENTINEL).index(_SENTINEL)
@@ -158,12 +167,24 @@ def render_prompt(mm: MLLM, prompt: Prompt) -> str:
 
 
 def _segment_spans(mm: MLLM, prompt: Prompt, text: str, start: int, sample: int) -> dict[str, tuple[int, int]]:
-    """Character span of each segment in ``text``, searched in order from ``start``."""
+    """Character span of each segment in ``text``, searched from ``start``: the image placeholder first (a chat
+    template may put images before all text, as llava-hf's does), then the text segments in order, never
+    inside the image placeholder."""
     spans: dict[str, tuple[int, int]] = {}
+    img = text.find(mm.spec.image_token, start)
+    ph_lo, ph_hi = img, img + len(mm.spec.image_token)
+    ph, i = mm.spec.image_placeholder, mm.spec.image_placeholder.find(mm.spec.image_token)
+    if img >= 0 and i >= 0 and text.startswith(ph, img - i):  # the whole placeholder ("<|vision_end|>" holds "is")
+        ph_lo, ph_hi = img - i, img - i + len(ph)
     cursor = start
     for name, seg in prompt.segments:
-        needle = mm.spec.image_token if name == "image" else seg
-        pos = (text.find(needle, cursor) if name == "image" else _find_whole(text, needle, cursor)) if needle else -1
+        if name == "image":
+            needle, pos = mm.spec.image_token, img
+        else:
+            needle = seg
+            pos = _find_whole(text, needle, cursor) if needle else -1
+            while pos >= 0 and pos < ph_hi and pos + len(needle) > ph_lo:
+                pos = _find_whole(text, needle, pos + 1)
         if pos < 0:
             raise SegmentNotFoundError(
                 f"segment {name!r} of sample {sample} ({needle!r}) not found in the rendered prompt after "
@@ -172,11 +193,8 @@ def _segment_spans(mm: MLLM, prompt: Prompt, text: str, start: int, sample: int)
                 "ArchSpec.template) that renders it."
             )
         spans[name] = (pos, pos + len(needle))
-        cursor = pos + len(needle)
-        if name == "image":  # skip the rest of the image placeholder ("<|vision_end|>" holds "is")
-            ph, i = mm.spec.image_placeholder, mm.spec.image_placeholder.find(needle)
-            if i >= 0 and text.startswith(ph, pos - i):
-                cursor = pos - i + len(ph)
+        if name != "image":
+            cursor = pos + len(needle)
     return spans
 
 
@@ -215,7 +233,7 @@ def encode(mm: MLLM, prompts: Sequence[Prompt], answers: Sequence[str] | None = 
     prompt_texts = [t for t, _ in rendered]
     texts = prompt_texts if answers is None else [f"{t} {a}" for t, a in zip(prompt_texts, answers)]
     mm.tokenizer.padding_side = "left"
-    batch = mm.processor(text=texts, images=[p.image for p in prompts], return_tensors="pt", padding=True)
+    batch = mm.processor(text=texts, images=[load_image(p.image) for p in prompts], return_tensors="pt", padding=True)
     inputs = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
     ids, attn = inputs["input_ids"], inputs["attention_mask"].bool()
     B, T = ids.shape
@@ -226,10 +244,13 @@ def encode(mm: MLLM, prompts: Sequence[Prompt], answers: Sequence[str] | None = 
         positions = attn[b].nonzero().squeeze(-1)            # left padding: the sample's tokens, in order
         sample_ids = ids[b, positions]
         is_image = sample_ids == mm.image_token_id
-        # the processor expands the one image token string into N copies: shift the spans after it
+        # the processor expands the one image token string into N copies (InternVL: wrapped in <img>..</img>):
+        # shift the spans after it
         lo, hi = spans["image"]
-        shift = (int(is_image.sum()) - 1) * (hi - lo)
-        expanded = texts[b][:lo] + mm.spec.image_token * int(is_image.sum()) + texts[b][hi:]
+        wrap_lo, wrap_hi = mm.spec.image_wrap
+        image_text = wrap_lo + mm.spec.image_token * int(is_image.sum()) + wrap_hi
+        shift = len(image_text) - (hi - lo)
+        expanded = texts[b][:lo] + image_text + texts[b][hi:]
         starts, ends = _offsets(mm, expanded, sample_ids, b)
         for name, (s_lo, s_hi) in spans.items():
             if name == "image":
@@ -259,6 +280,19 @@ def encode(mm: MLLM, prompts: Sequence[Prompt], answers: Sequence[str] | None = 
         grouped |= masks[name]
     masks["other"] = attn & ~grouped
     return Encoded(inputs=inputs, groups=TokenGroups(masks, ~attn, answer), texts=texts)
+
+
+def load_image(image: Any) -> Any:
+    """A prompt's image as the processor takes it: a file path (``str`` / ``PathLike``, e.g. a COCO file) is
+    opened as an RGB PIL image; arrays and PIL images pass through."""
+    import os
+
+    if isinstance(image, (str, os.PathLike)):
+        from PIL import Image
+
+        with Image.open(image) as im:
+            return im.convert("RGB")
+    return image
 
 
 def _offsets(mm: MLLM, expanded: str, sample_ids: torch.Tensor, sample: int) -> tuple[torch.Tensor, torch.Tensor]:

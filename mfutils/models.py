@@ -9,12 +9,17 @@ RANDOM_ARCHS                      the ``random:<arch>`` names
 build_word_tokenizer(words, ...)  a word-level fast tokenizer for tiny models (offline)
 build_processor(arch, tokenizer)  the processor of a tiny model of ``arch`` (offline, no torchvision)
 DEFAULT_MODEL                     name of the default model ("tiny")
+random_model(arch, ...) -> MLLM   a tiny random model of ``arch`` in ``RANDOM_ARCHS`` (llava, qwen2_vl,
+                                  qwen2_5_vl, internvl), built offline
+default_dtype(device)             bfloat16 on GPU, float32 on CPU
+ModelNotFoundError, CheckpointError   clear errors naming the path and the fix
 
 Example::
 
     mm = load_model("random:qwen2_5_vl")          # tiny random Qwen2.5-VL, built offline
     mm.n_layers, mm.n_heads, mm.head_dim
     mm.o_proj(2)                                   # layer 2's attention output projection
+    mm = load_model("/data/InternVL3-8B-hf", device="auto")   # bf16, spread over the GPUs by accelerate
 """
 
 from __future__ import annotations
@@ -39,10 +44,12 @@ __all__ = [
     "build_processor",
     "random_model",
     "ModelNotFoundError",
+    "CheckpointError",
+    "default_dtype",
 ]
 
 DEFAULT_MODEL = "tiny"
-RANDOM_ARCHS = ("llava", "qwen2_vl", "qwen2_5_vl")
+RANDOM_ARCHS = ("llava", "qwen2_vl", "qwen2_5_vl", "internvl")
 SUPPORTED_ATTN = ("sdpa", "eager")
 
 # Special tokens every tiny tokenizer carries (the union of what the three templates need).
@@ -53,7 +60,12 @@ _SPECIALS = [
 
 
 class ModelNotFoundError(FileNotFoundError):
-    """A model name that is neither known, nor a local path, nor in the local Hugging Face cache."""
+    """A model name that is neither known, nor a local path, nor in the local Hugging Face cache; or a
+    checkpoint folder without weights."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint folder whose weights cannot be read (truncated or corrupt file)."""
 
 
 @dataclass
@@ -161,17 +173,24 @@ def _template_words() -> list[str]:
     return words
 
 
-def build_word_tokenizer(words: Iterable[str], image_token: str = "<image>") -> Any:
+def build_word_tokenizer(words: Iterable[str], image_token: str = "<image>",
+                         specials: Iterable[tuple[str, str]] = ()) -> Any:
     """A word-level fast tokenizer (whitespace split, ``<s>`` prepended, left padding) over ``words``.
 
-    The special tokens of all three chat templates are included, so one vocabulary serves every tiny
-    architecture; ``image_token`` is the one its processor expands (``ArchSpec.image_token``). Offsets mapping works, which ``mfutils.groups`` relies on.
+    The special tokens of the llava and Qwen chat templates are included, so one vocabulary serves those
+    tiny architectures; ``image_token`` is the one its processor expands (``ArchSpec.image_token``).
+    ``specials``: extra named special tokens an architecture's processor reads from its tokenizer
+    (``ArchSpec.tokenizer_specials``, e.g. InternVL's ``start_image_token``); they get ids after every word,
+    so the ids of the other tokens do not depend on them. Offsets mapping works, which ``mfutils.groups``
+    relies on.
     """
+    specials = tuple(specials)
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     vocab: dict[str, int] = {}
-    for w in [*_SPECIALS, *_template_words(), *words]:
+    extra = [t for _, t in specials if t not in _SPECIALS]
+    for w in [*_SPECIALS, *_template_words(), *words, *extra]:
         if w not in vocab:
             vocab[w] = len(vocab)
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
@@ -181,15 +200,16 @@ def build_word_tokenizer(words: Iterable[str], image_token: str = "<image>") -> 
     )
     hf = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
-        extra_special_tokens={"image_token": image_token},
+        extra_special_tokens={"image_token": image_token, **dict(specials)},
     )
-    hf.add_special_tokens({"additional_special_tokens": [s for s in _SPECIALS[4:]]})
+    hf.add_special_tokens({"additional_special_tokens": [*_SPECIALS[4:], *dict.fromkeys(extra)]})
     hf.padding_side = "left"
     return hf
 
 
 def _qwen_processor_class(base: type) -> type:
-    """Qwen processors without a video processor: needed when torchvision is absent (see notes)."""
+    """Qwen and InternVL processors without a video processor: needed when torchvision is absent (the
+    video processors need it; see the notes). Images are processed by the PIL image processors."""
 
     class _NoVideo(base):  # type: ignore[misc, valid-type]
         @classmethod
@@ -223,6 +243,13 @@ def build_processor(arch: str, tokenizer: Any, image_size: int = 64) -> Any:
                                    min_pixels=image_size * image_size, max_pixels=image_size * image_size)
         cls = _qwen_processor_class(Qwen2VLProcessor if arch == "qwen2_vl" else Qwen2_5_VLProcessor)
         return cls(image_processor=ip, tokenizer=tokenizer)
+    if arch == "internvl":
+        # InternVL's image processor is GotOcr2's; its PIL variant needs no torchvision. One 448-style tile
+        # per image (no crop_to_patches), patch image_size/8 -> 8x8 patches, pixel shuffle 0.5 -> 16 tokens.
+        from transformers import GotOcr2ImageProcessorPil, InternVLProcessor
+
+        ip = GotOcr2ImageProcessorPil(size={"height": image_size, "width": image_size}, crop_to_patches=False)
+        return _qwen_processor_class(InternVLProcessor)(image_processor=ip, tokenizer=tokenizer, image_seq_length=16)
     raise ValueError(f"unknown architecture {arch!r}; supported: {RANDOM_ARCHS}")
 
 
@@ -266,6 +293,17 @@ def _random_config(arch: str, tokenizer: Any, n_layers: int, image_size: int) ->
                                window_size=4 * patch, fullatt_block_indexes=[1], in_channels=3),
             text_config=text, **special,
         )
+    if arch == "internvl":
+        from transformers import InternVLConfig
+
+        return InternVLConfig(
+            vision_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                               image_size=image_size, patch_size=image_size // 8),
+            text_config=dict(common_text, model_type="qwen2",
+                             rope_parameters={"rope_type": "default", "rope_theta": 1e4}),
+            image_token_id=tid("<IMG_CONTEXT>"), image_seq_length=16, downsample_ratio=0.5,
+            vision_feature_layer=-1, vision_feature_select_strategy="default",
+        )
     raise ValueError(f"unknown architecture {arch!r}; supported: {RANDOM_ARCHS}")
 
 
@@ -284,7 +322,7 @@ def random_model(arch: str, *, seed: int = 0, n_layers: int = 4, words: Iterable
         from .world import vocabulary
 
         words = vocabulary()
-    tok = build_word_tokenizer(words, image_token=ARCHS[arch].image_token)
+    tok = build_word_tokenizer(words, image_token=ARCHS[arch].image_token, specials=ARCHS[arch].tokenizer_specials)
     proc = build_processor(arch, tok, image_size=image_size)
     cfg = _random_config(arch, tok, n_layers, image_size)
     spec = ARCHS[arch]
@@ -302,13 +340,62 @@ def random_model(arch: str, *, seed: int = 0, n_layers: int = 4, words: Iterable
 def _load_processor(path: Path, spec: ArchSpec) -> Any:
     import transformers
 
-    if spec.name in ("qwen2_vl", "qwen2_5_vl"):
-        base = transformers.Qwen2VLProcessor if spec.name == "qwen2_vl" else transformers.Qwen2_5_VLProcessor
-        try:
-            return transformers.AutoProcessor.from_pretrained(path)
-        except Exception:  # no torchvision -> no video processor; build without it (see notes)
-            return _qwen_processor_class(base).from_pretrained(path)
-    return transformers.AutoProcessor.from_pretrained(path)
+    try:
+        return transformers.AutoProcessor.from_pretrained(path, local_files_only=True)
+    except Exception:
+        if spec.processor_class is None:
+            raise
+        # no torchvision -> no video processor: build the processor without it (see the notes)
+        base = getattr(transformers, spec.processor_class)
+        return _qwen_processor_class(base).from_pretrained(path, local_files_only=True)
+
+
+_WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth")
+
+
+def _fetch_hint(name: str, path: Path, spec: ArchSpec | None) -> str:
+    hub_id = name if _looks_like_hub_id(name) else (spec.hub_id if spec and spec.hub_id else "<org>/<model>")
+    return (f"On a machine with network access run `huggingface-cli download {hub_id} --local-dir {path}` "
+            f"(or `hf download {hub_id} --local-dir {path}`), copy the folder here and pass it as the model.")
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    return name.count("/") == 1 and not name.startswith(("/", ".", "~")) and not Path(name).exists()
+
+
+def _check_weights(path: Path, name: str, spec: ArchSpec) -> list[Path]:
+    """The weight files of a checkpoint folder; clear errors for missing or unreadable ones."""
+    files = sorted(f for pat in _WEIGHT_PATTERNS for f in path.glob(pat))
+    if not files:
+        raise ModelNotFoundError(
+            f"no weights in {path}: it has a config.json ({spec.name} architecture) but no *.safetensors or *.bin "
+            f"file. {_fetch_hint(name, path, spec)}"
+        )
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        import json
+
+        shards = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
+        missing = [s for s in shards if not (path / s).exists()]
+        if missing:
+            raise ModelNotFoundError(
+                f"{len(missing)} of {len(shards)} weight shards are missing in {path} (first: {missing[0]}): the "
+                f"download was incomplete. {_fetch_hint(name, path, spec)}"
+            )
+    from safetensors import safe_open
+
+    for f in files:
+        if f.suffix != ".safetensors":
+            continue
+        try:  # reads the header and checks it against the file size: a truncated file fails here
+            with safe_open(str(f), framework="pt") as st:
+                st.keys()
+        except Exception as exc:
+            raise CheckpointError(
+                f"the weights file {f} cannot be read ({type(exc).__name__}: {exc}); it is probably truncated or "
+                f"corrupt (size {f.stat().st_size} bytes). Fetch it again. {_fetch_hint(name, path, spec)}"
+            ) from exc
+    return files
 
 
 def _resolve_path(name: str) -> Path:
@@ -326,7 +413,7 @@ def _resolve_path(name: str) -> Path:
             raise ModelNotFoundError(f"{p} exists but holds no config.json: is it a transformers checkpoint folder?")
         return p
     # A Hugging Face id: only from the local cache, never a download.
-    if "/" in name and not name.startswith(("/", ".")):
+    if _looks_like_hub_id(name):
         from huggingface_hub import snapshot_download
 
         try:
@@ -334,9 +421,11 @@ def _resolve_path(name: str) -> Path:
         except Exception as exc:
             raise ModelNotFoundError(
                 f"weights for {name!r} are not in the local Hugging Face cache and this project never downloads "
-                "at run time. Fetch them on a machine with network (`huggingface-cli download "
-                f"{name}`) and pass the local folder as the model."
+                "at run time. On a machine with network access run `huggingface-cli download "
+                f"{name} --local-dir <folder>`, copy the folder here and pass it as the model."
             ) from exc
+    if name.startswith(("/", ".", "~")) or os.sep in name:
+        raise ModelNotFoundError(f"model path {str(p)!r} does not exist: pass an existing checkpoint folder")
     raise ModelNotFoundError(
         f"unknown model {name!r}: use 'tiny' (the shipped default), "
         f"{', '.join('random:' + a for a in RANDOM_ARCHS)}, a local checkpoint folder, or a cached "
@@ -344,41 +433,72 @@ def _resolve_path(name: str) -> Path:
     )
 
 
+def default_dtype(device: str) -> torch.dtype:
+    """bfloat16 on a GPU (``"cuda"``, ``"cuda:N"``, or ``"auto"`` when CUDA is available), float32 on CPU."""
+    on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    return torch.bfloat16 if on_gpu else torch.float32
+
+
 def load_model(name: str = DEFAULT_MODEL, *, attn_implementation: str = "sdpa", device: str = "cpu",
                dtype: torch.dtype | None = None) -> MLLM:
     """Load an MLLM by name, in eval mode.
 
-    ``name``: ``"tiny"``, ``"random:llava" | "random:qwen2_vl" | "random:qwen2_5_vl"``, a local folder,
-    or a Hugging Face id present in the local cache. ``device="auto"`` spreads a large model over the GPUs
-    (accelerate's ``device_map="auto"``). Raises ``ModelNotFoundError`` with a fix for anything else.
+    ``name``: ``"tiny"``, ``"random:<arch>"`` (``RANDOM_ARCHS``), a local folder, or a Hugging Face id present
+    in the local cache (never downloaded). ``device``: ``"cpu"``, ``"cuda[:N]"``, or ``"auto"``, which spreads
+    a large model over the available GPUs (or the CPU) with accelerate's ``device_map="auto"``. ``dtype``:
+    default bfloat16 on GPU, float32 on CPU (``default_dtype``). Raises ``ModelNotFoundError`` (unknown name,
+    missing path or weights), ``UnsupportedArchitectureError`` (no adapter for the config's model_type) or
+    ``CheckpointError`` (unreadable weights), each naming the path and the fix.
+
+    Example::
+
+        mm = load_model("/data/llava-1.5-7b-hf", device="auto")      # bf16 over the GPUs
     """
     import json
 
     import transformers
+
+    from .archs import UnsupportedArchitectureError
 
     if attn_implementation not in SUPPORTED_ATTN:
         raise ValueError(f"attention implementation {attn_implementation!r} not supported; use one of {SUPPORTED_ATTN}")
     if name.startswith("random:"):
         mm = random_model(name.split(":", 1)[1], attn_implementation=attn_implementation)
         mm.model.to(device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+        if dtype is not None:
+            mm.model.to(dtype)
         return mm
     path = _resolve_path(name)
-    model_type = json.loads((path / "config.json").read_text()).get("model_type", "")
-    spec = spec_for_model_type(model_type)
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path / 'config.json'} is not valid JSON ({exc}): the checkpoint is corrupt") from exc
+    model_type = config.get("model_type", "")
+    try:
+        spec = spec_for_model_type(model_type)
+    except UnsupportedArchitectureError as exc:
+        raise UnsupportedArchitectureError(f"{path}: {exc}") from None
+    _check_weights(path, name, spec)
     cls = getattr(transformers, spec.model_class)
-    kwargs: dict[str, Any] = {"attn_implementation": attn_implementation}
-    if dtype is not None:
-        kwargs["dtype"] = dtype
+    kwargs: dict[str, Any] = {"attn_implementation": attn_implementation, "dtype": dtype or default_dtype(device)}
     if device == "auto":
         kwargs["device_map"] = "auto"
-    model = cls.from_pretrained(path, local_files_only=True, **kwargs)
+    try:
+        model = cls.from_pretrained(path, local_files_only=True, **kwargs)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(
+            f"loading {path} as {spec.model_class} failed ({type(exc).__name__}: {str(exc)[:300]}). The weights do "
+            f"not match the config or are corrupt. {_fetch_hint(name, path, spec)}"
+        ) from exc
     if device != "auto":
         model.to(device)
     model.eval()
     processor = _load_processor(path, spec)
     if getattr(processor.tokenizer, "padding_side", "left") != "left":
         processor.tokenizer.padding_side = "left"
-    info: dict[str, Any] = {"path": str(path)}
+    info: dict[str, Any] = {"path": str(path), "dtype": str(kwargs["dtype"]).replace("torch.", "")}
+    if device == "auto":
+        info["device_map"] = {k: str(v) for k, v in (getattr(model, "hf_device_map", None) or {}).items()}
     card = path / "model_card.json"
     if card.exists():
         info["card"] = json.loads(card.read_text())

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -212,6 +213,12 @@ class Sample:
     candidates: tuple[str, ...] = field(repr=False)
     image_attrs: dict[str, str] | None = field(default=None, repr=False)
     text_attrs: dict[str, str] | None = field(default=None, repr=False)
+    # Open-ended answers of real data (MC2): the acceptable answers of each side, strings in any language.
+    # When set, scoring sums the first-token probabilities of each list (``metrics.targets_for``).
+    answer_img_candidate_list: tuple[str, ...] | None = field(default=None, repr=False)
+    answer_text_candidate_list: tuple[str, ...] | None = field(default=None, repr=False)
+    source: str = "world"                                  # "world" or "mc2"
+    meta: dict[str, object] | None = field(default=None, repr=False)   # e.g. MC2 record index, image_id, task
 
     @property
     def conflict(self) -> bool:
@@ -332,12 +339,18 @@ def make_samples(n: int, seed: int, categories: Sequence[str] | str | None = Non
 
 
 def dataset_checksum(samples: Sequence[Sample]) -> str:
-    """sha256 over every sample's segments, answers and image bytes: identifies a dataset exactly."""
+    """sha256 over every sample's segments, answers and image bytes (image path for file-backed images, e.g.
+    MC2's COCO files, plus the candidate lists): identifies a dataset exactly."""
     h = hashlib.sha256()
     for s in samples:
         h.update(repr((s.seed, s.index, s.category, s.attribute, s.variant, s.prompt.segments, s.answer,
                        s.other_answer)).encode())
-        h.update(np.ascontiguousarray(s.prompt.image).tobytes())
+        if s.answer_img_candidate_list is not None or s.answer_text_candidate_list is not None:
+            h.update(repr((s.answer_img_candidate_list, s.answer_text_candidate_list)).encode())
+        if isinstance(s.prompt.image, (str, os.PathLike)):
+            h.update(os.fspath(s.prompt.image).encode())
+        else:
+            h.update(np.ascontiguousarray(s.prompt.image).tobytes())
     return h.hexdigest()
 
 
@@ -373,7 +386,13 @@ def make_split(name: str, n: int) -> list[Sample]:
 def counterparts(sample: Sample) -> tuple[Sample, Sample]:
     """The image-only and text-only versions of a conflict sample: the same image (no context, no
     instruction) and the same context with an empty image (no instruction). Used to find "arbitration
-    failures": failures on samples whose two answers the model knows separately."""
+    failures": failures on samples whose two answers the model knows separately.
+
+    MC2 samples (``source == "mc2"``) get the same two versions; the text-only one has a plain grey image."""
+    if sample.source == "mc2":
+        from .mc2 import counterparts_mc2
+
+        return counterparts_mc2(sample)
     if sample.image_attrs is None or sample.text_attrs is None:
         raise ValueError(f"sample {sample.index} of seed {sample.seed} ({sample.category}) lacks an image or a context")
     q = sample.prompt.text("question") or ""

@@ -1,0 +1,411 @@
+"""The MC2 modality-conflict benchmark (arXiv 2505.20977) as a dataset of the chain: records, COCO images, samples.
+
+MC2's evaluation file (``evaluate_final.json``: 2,000 records of image_id, task, question, answer_vision,
+answer_text, context) is read from a path the user gives; its COCO 2014 images from a COCO root. Each record
+becomes samples of the same ``mfutils.world.Sample`` type the notebooks use: prompt segments image, context,
+instruction, question, constraint (MC2's order: the text context, then the instruction, then the question,
+after the image), with candidate-answer lists for each side, so every measure of the chain applies unchanged
+(``metrics.targets_for`` dispatches on the candidate lists).
+
+Choices that are ours (MC2's paper gives the form, not these exact strings): the two instruction sentences
+``FOLLOW_IMAGE`` / ``FOLLOW_TEXT``; the candidate list of an answer is the answer as written and with a
+capital first letter (``candidate_list``); the text-only counterpart shows a plain grey image.
+
+Public API
+----------
+MC2_FIELDS                            the fields of a record and their type
+FOLLOW_IMAGE, FOLLOW_TEXT             the instruction sentences (one each)
+CONSTRAINT_OPEN, CONSTRAINT_MC        the format constraints of the open-ended and the A/B forms
+load_records(path) -> list[dict]      read and validate every record (MC2FormatError names index and field)
+find_images(records, coco_root) -> list[Path]   one image file per record (MissingImagesError lists them)
+file_sha256(path) -> str
+candidate_list(answer) -> tuple[str, ...]
+record_samples(records, images, ...) -> list[Sample]   open-ended or A/B (both option orders) samples
+counterparts_mc2(sample) -> (image_only, text_only)
+scorable(mm, samples) -> (kept, dropped)          samples whose two sides have distinct first tokens
+filter_for_model(mm, samples) -> (kept, report)   the paper's per-model filter (knows both answers)
+build_splits(records, images, sizes, mm=None) -> (splits, info)   the chain's named splits from MC2
+evaluate_mc2(mm, samples) -> dict     MFR per instruction and single-modality accuracy, with intervals
+
+Example::
+
+    records = load_records("../shared/mc2/evaluate_final.json")
+    images = find_images(records, "/data/coco2014")
+    samples = record_samples(records[:8], images[:8])        # 16 samples: follow image / follow text
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .prompts import Prompt
+from .world import Sample
+
+__all__ = [
+    "MC2_FIELDS", "FOLLOW_IMAGE", "FOLLOW_TEXT", "CONSTRAINT_OPEN", "CONSTRAINT_MC", "SYSTEM_SENTENCE",
+    "MC2FormatError", "MissingImagesError", "load_records", "find_images", "file_sha256", "candidate_list",
+    "record_samples", "counterparts_mc2", "scorable", "filter_for_model", "build_splits", "split_samples",
+    "evaluate_mc2", "SPLIT_SEED",
+]
+
+MC2_FIELDS: dict[str, type] = {"image_id": str, "task": str, "question": str, "answer_vision": str,
+                               "answer_text": str, "context": str}
+# One sentence each, placed after the context and before the question (ours, of MC2's stated form).
+FOLLOW_IMAGE = "If the text context and the image disagree, follow the image rather than the text context."
+FOLLOW_TEXT = "If the text context and the image disagree, follow the text context rather than the image."
+CONSTRAINT_OPEN = "Answer the question using a single word or phrase."
+CONSTRAINT_MC = "Answer with the option's letter from the given choices directly."
+SYSTEM_SENTENCE = "You are a helpful assistant."     # the system-prompt control (C11), as in the world
+SPLIT_SEED = 0                                       # permutation of the records into identify / test halves
+GREY = 128
+
+
+class MC2FormatError(ValueError):
+    """A record of the MC2 file with a missing field or a wrong type; names the record's index."""
+
+
+class MissingImagesError(FileNotFoundError):
+    """COCO images that the records need are not under the COCO root."""
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _validate(records: Any, source: str) -> list[dict[str, str]]:
+    if not isinstance(records, list):
+        raise MC2FormatError(f"{source}: the MC2 file must hold a JSON list of records, got {type(records).__name__}")
+    out = []
+    for i, r in enumerate(records):
+        if not isinstance(r, dict):
+            raise MC2FormatError(f"{source}: record {i} is a {type(r).__name__}, not an object with fields "
+                                 f"{list(MC2_FIELDS)}")
+        clean: dict[str, str] = {}
+        for name, typ in MC2_FIELDS.items():
+            if name not in r:
+                raise MC2FormatError(f"{source}: record {i} has no field {name!r} (it has {sorted(r)}); every "
+                                     f"record needs {list(MC2_FIELDS)}")
+            v = r[name]
+            if name == "image_id" and isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+                v = f"{v:012d}"                               # a numeric COCO id: the 12-digit form
+            if not isinstance(v, typ):
+                raise MC2FormatError(f"{source}: record {i} field {name!r} is a {type(v).__name__} ({v!r:.60}), "
+                                     f"expected {typ.__name__}")
+            if not v.strip():
+                raise MC2FormatError(f"{source}: record {i} field {name!r} is empty")
+            if name == "image_id" and not v.strip().isdigit():
+                raise MC2FormatError(f"{source}: record {i} field 'image_id' is {v!r}, expected the digits of a "
+                                     "COCO image id")
+            clean[name] = v.strip()
+        if clean["answer_vision"].lower() == clean["answer_text"].lower():
+            raise MC2FormatError(f"{source}: record {i} has the same answer for the image and the text "
+                                 f"({clean['answer_vision']!r}): no conflict to study")
+        out.append(clean)
+    return out
+
+
+def load_records(path: str | os.PathLike[str]) -> list[dict[str, str]]:
+    """Read and validate the MC2 file; every field of every record is checked.
+
+    Returns a list of dicts with the ``MC2_FIELDS`` (strings, stripped; a numeric ``image_id`` is written as
+    12 digits). Raises ``FileNotFoundError`` for a missing file and ``MC2FormatError`` naming the record index
+    and the field for a missing field, a wrong type or an empty value.
+
+    Example::
+
+        records = load_records("../shared/mc2/evaluate_final.json")     # 2,000 records
+    """
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"MC2 file {p} not found: pass --mc2-json / mc2_json=<path to evaluate_final.json> "
+                                "(from github.com/EchoDreamer/Modality-Preference, data/evaluate_final.json)")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise MC2FormatError(f"{p} is not valid JSON: {exc}") from exc
+    return _validate(data, str(p))
+
+
+def _image_names(image_id: str) -> list[str]:
+    return [f"COCO_train2014_{image_id}.jpg", f"COCO_val2014_{image_id}.jpg", f"{image_id}.jpg",
+            f"{int(image_id):012d}.jpg"]
+
+
+def find_images(records: Sequence[dict[str, str]], coco_root: str | os.PathLike[str]) -> list[Path]:
+    """The image file of each record under ``coco_root`` (or its ``train2014/`` / ``val2014/`` folders):
+    ``COCO_train2014_<id>.jpg``, ``COCO_val2014_<id>.jpg`` or ``<id>.jpg``.
+
+    Raises ``MissingImagesError`` listing the first 10 missing ids and their count.
+
+    Example::
+
+        paths = find_images(records, "/data/coco2014")          # list[Path], one per record
+    """
+    root = Path(coco_root).expanduser()
+    if not str(coco_root) or not root.is_dir():
+        raise MissingImagesError(f"COCO root {str(coco_root)!r} is not a folder: pass --coco-root / coco_root=<folder "
+                                 "holding the MS-COCO 2014 train/val images>")
+    folders = [root, root / "train2014", root / "val2014"]
+    listing = {f: set(os.listdir(f)) if f.is_dir() else set() for f in folders}
+    paths: list[Path] = []
+    missing: list[tuple[int, str]] = []
+    for i, r in enumerate(records):
+        hit = next((f / n for n in _image_names(r["image_id"]) for f in folders if n in listing[f]), None)
+        if hit is None:
+            missing.append((i, r["image_id"]))
+        else:
+            paths.append(hit)
+    if missing:
+        first = ", ".join(f"{iid} (record {i})" for i, iid in missing[:10])
+        raise MissingImagesError(
+            f"{len(missing)} of {len(records)} MC2 images are missing under {root}: {first}"
+            f"{' ...' if len(missing) > 10 else ''}. Expected COCO_train2014_<id>.jpg, COCO_val2014_<id>.jpg or "
+            "<id>.jpg in the root or in its train2014/ or val2014/ folder (MS-COCO 2014 from cocodataset.org)."
+        )
+    return paths
+
+
+def candidate_list(answer: str) -> tuple[str, ...]:
+    """The acceptable answers for one side (ours): the answer as written and with a capital first letter."""
+    a = answer.strip()
+    return tuple(dict.fromkeys([a, a[:1].upper() + a[1:]]))
+
+
+def _sample(record: dict[str, str], rec_index: int, image: Any, instructed: str, form: str, order: str,
+            variant: str) -> Sample:
+    inst = FOLLOW_IMAGE if instructed == "image" else FOLLOW_TEXT
+    av, at = record["answer_vision"], record["answer_text"]
+    if form == "open":
+        question, constraint = record["question"], CONSTRAINT_OPEN
+        img_c, txt_c = candidate_list(av), candidate_list(at)
+        image_answer, text_answer = av, at
+    elif form == "mc":
+        a, b = (av, at) if order == "AB" else (at, av)
+        question, constraint = f"{record['question']} A. {a} B. {b}", CONSTRAINT_MC
+        image_answer, text_answer = ("A", "B") if order == "AB" else ("B", "A")
+        img_c, txt_c = (image_answer,), (text_answer,)
+    else:
+        raise ValueError(f"unknown MC2 form {form!r}; use 'open' or 'mc'")
+    segs = {"system": SYSTEM_SENTENCE, "image": "", "context": record["context"], "instruction": inst,
+            "question": question, "constraint": constraint}
+    names = {"standard": ["image", "context", "instruction", "question", "constraint"],
+             "system": ["system", "image", "context", "instruction", "question", "constraint"],
+             "instruction_last": ["image", "context", "question", "constraint", "instruction"]}
+    if variant not in names:
+        raise ValueError(f"unknown variant {variant!r}; use one of {sorted(names)}")
+    answer, other = (image_answer, text_answer) if instructed == "image" else (text_answer, image_answer)
+    return Sample(
+        seed=-1, index=rec_index, category=f"follow_{instructed}", attribute=record["task"], variant=variant,
+        prompt=Prompt(tuple((n, segs[n]) for n in names[variant]), image), answer=answer,
+        image_answer=image_answer, text_answer=text_answer, other_answer=other, instructed=instructed,
+        template=0 if instructed == "image" else 1, heldout_template=False, candidates=(*img_c, *txt_c),
+        answer_img_candidate_list=img_c, answer_text_candidate_list=txt_c, source="mc2",
+        meta={"record": rec_index, "image_id": record["image_id"], "task": record["task"], "form": form,
+              "order": order},
+    )
+
+
+def record_samples(records: Sequence[dict[str, str]], images: Sequence[Any], *, indices: Sequence[int] | None = None,
+                   instructions: Sequence[str] = ("image", "text"), form: str = "open",
+                   variant: str = "standard") -> list[Sample]:
+    """Samples of the records: one per record and instruction (``form="open"``), or two per record and
+    instruction, the options A/B in both orders (``form="mc"``). ``images``: one image (path, PIL image or
+    array) per record; ``indices``: the record indices the records carry (default 0..n-1).
+
+    Example::
+
+        samples = record_samples(records[:4], paths[:4], form="mc")      # 4 x 2 instructions x 2 orders
+    """
+    if len(images) != len(records):
+        raise ValueError(f"got {len(images)} images for {len(records)} records")
+    idx = list(range(len(records))) if indices is None else list(indices)
+    orders = ("AB", "BA") if form == "mc" else ("",)
+    return [_sample(r, i, img, ins, form, o, variant)
+            for r, i, img in zip(records, idx, images) for ins in instructions for o in orders]
+
+
+def counterparts_mc2(sample: Sample) -> tuple[Sample, Sample]:
+    """The image-only (image, question, constraint) and text-only (grey image, context, question, constraint)
+    versions of an MC2 sample, with the same candidate lists; answers: the image's and the text's."""
+    import dataclasses
+
+    q, c, ctx = sample.prompt.text("question") or "", sample.prompt.text("constraint") or "", sample.prompt.text("context") or ""
+    grey = np.full((336, 336, 3), GREY, dtype=np.uint8)
+    common = dict(instructed=None, template=None, heldout_template=False, other_answer=None)
+    img_only = dataclasses.replace(sample, category="image_only", answer=sample.image_answer, **common,
+                                   prompt=Prompt((("image", ""), ("question", q), ("constraint", c)), sample.prompt.image))
+    txt_only = dataclasses.replace(sample, category="text_only", answer=sample.text_answer, **common,
+                                   prompt=Prompt((("image", ""), ("context", ctx), ("question", q), ("constraint", c)), grey))
+    return img_only, txt_only
+
+
+def scorable(mm: Any, samples: Sequence[Sample]) -> tuple[list[Sample], list[dict[str, Any]]]:
+    """Split ``samples`` into those whose two sides' candidates have distinct first tokens for ``mm`` and the
+    dropped ones (record, task, reason)."""
+    from .metrics import CandidateOverlapError, targets_from_candidates
+
+    kept, dropped = [], []
+    for s in samples:
+        try:
+            targets_from_candidates(mm, [s])
+        except CandidateOverlapError as exc:
+            dropped.append({"record": s.index, "task": s.attribute, "reason": str(exc).split(":", 1)[-1].strip()[:200]})
+        else:
+            kept.append(s)
+    return kept, dropped
+
+
+def _correct(mm: Any, samples: Sequence[Sample], batch_size: int) -> list[bool]:
+    import torch
+
+    from .groups import encode
+    from .metrics import answer_logits, follows, targets_for
+
+    out: list[bool] = []
+    with torch.no_grad():
+        for i in range(0, len(samples), batch_size):
+            chunk = samples[i:i + batch_size]
+            logits = answer_logits(mm, encode(mm, [s.prompt for s in chunk]).to(mm.device))
+            out += follows(logits.float(), targets_for(mm, chunk)).tolist()
+    return out
+
+
+def filter_for_model(mm: Any, samples: Sequence[Sample], batch_size: int = 16) -> tuple[list[Sample], dict[str, Any]]:
+    """The paper's per-model filter: keep the samples whose record the model answers right both image-only and
+    text-only (it knows both answers, so a failure is a failure of arbitration). Returns the kept samples and
+    a report (counts per task, the kept record indices).
+
+    Example::
+
+        kept, report = filter_for_model(mm, samples)       # report["kept_records"], report["n_records"]
+    """
+    records: dict[int, Sample] = {}
+    for s in samples:
+        records.setdefault(s.index, s)
+    reps = list(records.values())
+    pairs = [counterparts_mc2(s) for s in reps]
+    img_ok = _correct(mm, [p[0] for p in pairs], batch_size)
+    txt_ok = _correct(mm, [p[1] for p in pairs], batch_size)
+    keep = {s.index for s, a, b in zip(reps, img_ok, txt_ok) if a and b}
+    kept = [s for s in samples if s.index in keep]
+    per_task: dict[str, dict[str, int]] = {}
+    for s, a, b in zip(reps, img_ok, txt_ok):
+        t = per_task.setdefault(s.attribute, {"n": 0, "image_only_right": 0, "text_only_right": 0, "kept": 0})
+        t["n"] += 1
+        t["image_only_right"] += int(a)
+        t["text_only_right"] += int(b)
+        t["kept"] += int(a and b)
+    return kept, {"n_records": len(reps), "n_kept_records": len(keep), "kept_records": sorted(keep),
+                  "image_only_right": int(sum(img_ok)), "text_only_right": int(sum(txt_ok)), "per_task": per_task}
+
+
+# ------------------------------------------------------------------------------------------------
+# Splits of the chain (the MC2 analogues of mfutils.world.SPLITS)
+# ------------------------------------------------------------------------------------------------
+# split name -> (record half, variant, kind): identification on one half of the records, everything else on
+# the other; the capability split holds the image-only and text-only counterparts of the test records.
+_SPLITS: dict[str, tuple[str, str, str]] = {
+    "identify": ("identify", "standard", "conflict"),
+    "test": ("test", "standard", "conflict"),
+    "test_system": ("test", "system", "conflict"),
+    "test_instruction_last": ("test", "instruction_last", "conflict"),
+    "capability": ("test", "standard", "capability"),
+    "fail_pool": ("test", "standard", "conflict"),
+}
+
+
+def _halves(n_records: int) -> dict[str, list[int]]:
+    perm = np.random.default_rng(SPLIT_SEED).permutation(n_records).tolist()
+    return {"identify": perm[: n_records // 2], "test": perm[n_records // 2:]}    # permuted: tasks mix
+
+
+def split_samples(name: str, records: Sequence[dict[str, str]], images: Sequence[Any], keys: Sequence[Sequence[Any]],
+                  form: str = "open") -> list[Sample]:
+    """Rebuild a split from its keys ``(record, instruction | "image_only" | "text_only", order)`` (as a
+    manifest records them)."""
+    if name not in _SPLITS:
+        raise ValueError(f"unknown split {name!r}; use one of {sorted(_SPLITS)}")
+    _, variant, kind = _SPLITS[name]
+    out = []
+    for rec, what, order in keys:
+        if kind == "capability":
+            base = _sample(records[rec], rec, images[rec], "image", form, order, "standard")
+            out.append(counterparts_mc2(base)[0 if what == "image_only" else 1])
+        else:
+            out.append(_sample(records[rec], rec, images[rec], what, form, order, variant))
+    return out
+
+
+def build_splits(records: Sequence[dict[str, str]], images: Sequence[Any], sizes: dict[str, int], *, mm: Any = None,
+                 model_filter: bool = True, form: str = "open", batch_size: int = 16
+                 ) -> tuple[dict[str, list[Sample]], dict[str, Any]]:
+    """The chain's named splits from MC2 records: ``identify`` on one half of the records (fixed permutation,
+    ``SPLIT_SEED``), the others on the other half; ``test_system`` / ``test_instruction_last`` are the MC2
+    analogues of the world's C11 controls (a system sentence first / the instruction last), ``capability``
+    the image-only and text-only counterparts (C7). Instructions alternate per record. With ``mm`` the
+    samples that ``mm`` cannot score (``scorable``) are dropped and, with ``model_filter``, those whose record
+    it does not know from each modality alone (``filter_for_model``). Each split takes its first ``sizes[name]``
+    samples. Returns the splits and a report (what was dropped and why).
+    """
+    unknown = set(sizes) - set(_SPLITS)
+    if unknown:
+        raise ValueError(f"unknown splits {sorted(unknown)}; known: {sorted(_SPLITS)}")
+    halves = _halves(len(records))
+    info: dict[str, Any] = {"form": form, "model_filter": bool(model_filter and mm is not None), "halves": {
+        k: len(v) for k, v in halves.items()}}
+    allowed: dict[str, set[int]] = {k: set(v) for k, v in halves.items()}
+    if mm is not None:
+        for half, recs in halves.items():
+            need = max((n for s, n in sizes.items() if _SPLITS[s][0] == half), default=0)
+            probe = [_sample(records[r], r, images[r], "image", form, "AB", "standard") for r in recs]
+            ok, dropped = scorable(mm, probe)
+            info.setdefault("unscorable", []).extend(dropped)
+            if model_filter:
+                # filter only as many records as the splits can use (x4 margin for the filter's losses)
+                ok, rep = filter_for_model(mm, ok[: max(need * 4, 32)], batch_size=batch_size)
+                info.setdefault("filter", {})[half] = {k: v for k, v in rep.items() if k != "kept_records"}
+            allowed[half] = {s.index for s in ok}
+    splits: dict[str, list[Sample]] = {}
+    for name, n in sizes.items():
+        half, variant, kind = _SPLITS[name]
+        recs = [r for r in halves[half] if r in allowed[half]]
+        keys: list[tuple[int, str, str]] = []
+        for j, r in enumerate(recs):
+            if kind == "capability":
+                keys.append((r, ("image_only", "text_only")[j % 2], ""))
+            else:
+                for o in (("AB", "BA") if form == "mc" else ("",)):
+                    keys.append((r, ("image", "text")[j % 2], o))
+        splits[name] = split_samples(name, records, images, keys[:n], form=form)
+    return splits, info
+
+
+def evaluate_mc2(mm: Any, samples: Sequence[Sample], batch_size: int = 16) -> dict[str, Any]:
+    """MFR per instruction (follow_image, follow_text) on ``samples`` and accuracy on their image-only and
+    text-only counterparts, each a proportion dict (rate, lo, hi, k, n; Wilson 95%), and per task.
+
+    Example::
+
+        res = evaluate_mc2(mm, record_samples(records[:50], paths[:50]))    # res["follow_image"]["rate"]
+    """
+    from .stats import proportion
+
+    reps = {s.index: s for s in samples}
+    pairs = [counterparts_mc2(s) for s in reps.values()]
+    res: dict[str, Any] = {"model": mm.name, "n_records": len(reps), "n_samples": len(samples)}
+    groups = {"follow_image": [s for s in samples if s.category == "follow_image"],
+              "follow_text": [s for s in samples if s.category == "follow_text"],
+              "image_only": [p[0] for p in pairs], "text_only": [p[1] for p in pairs]}
+    for cat, ss in groups.items():
+        ok = _correct(mm, ss, batch_size) if ss else []
+        res[cat] = proportion(ok)
+        for task in sorted({s.attribute for s in ss}):
+            res[f"{cat}/{task}"] = proportion([o for s, o in zip(ss, ok) if s.attribute == task])
+    return res

@@ -1,0 +1,210 @@
+"""The MC2 loader on the shared evaluation file, with generated stand-in COCO images; candidate-list scoring
+against a direct computation; the A/B form; malformed records (hypothesis); the split manifest."""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from mfutils import mc2
+from mfutils.groups import encode
+from mfutils.metrics import answer_logits, follows, margins, targets_for, targets_from_candidates
+from mfutils.models import random_model
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "mc2" / "evaluate_final.json"
+needs_file = pytest.mark.skipif(not SHARED.exists(), reason=f"the MC2 file is not at {SHARED} (it is never "
+                                "committed: no licence); put evaluate_final.json there to run these tests")
+
+
+@pytest.fixture(scope="module")
+def records() -> list[dict[str, str]]:
+    if not SHARED.exists():
+        pytest.skip(f"the MC2 file is not at {SHARED}")
+    return mc2.load_records(SHARED)
+
+
+def _write_images(root: Path, records: list[dict[str, str]], skip: set[int] = frozenset()) -> None:  # type: ignore[assignment]
+    rng = np.random.default_rng(0)
+    names = ("COCO_train2014_{}.jpg", "COCO_val2014_{}.jpg", "{}.jpg")
+    for i, r in enumerate(records):
+        if i in skip:
+            continue
+        arr = rng.integers(0, 256, size=(24, 32, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(root / names[i % 3].format(r["image_id"]), quality=70)
+
+
+@needs_file
+def test_loader_reads_all_2000_records(records: list[dict[str, str]]) -> None:
+    assert len(records) == 2000
+    tasks = {r["task"] for r in records}
+    assert len(tasks) == 8 and all(sum(r["task"] == t for r in records) == 250 for t in tasks)
+    assert all(len(r["image_id"]) == 12 and r["image_id"].isdigit() for r in records)
+    assert all(r == {k: v.strip() for k, v in r.items()} for r in records)
+
+
+@needs_file
+def test_images_found_under_every_naming(records: list[dict[str, str]], tmp_path: Path) -> None:
+    sub = records[:30]
+    _write_images(tmp_path, sub)
+    paths = mc2.find_images(sub, tmp_path)
+    assert [p.name.split("_")[-1].removesuffix(".jpg") for p in paths] == [r["image_id"] for r in sub]
+    forms = ("COCO_train2014_{}.jpg", "COCO_val2014_{}.jpg", "{}.jpg")
+    assert [p.name for p in paths] == [forms[i % 3].format(r["image_id"]) for i, r in enumerate(sub)]
+
+
+@needs_file
+def test_missing_images_error_lists_first_ten_and_the_count(records: list[dict[str, str]], tmp_path: Path) -> None:
+    sub = records[:40]
+    missing = set(range(5, 30))                     # 25 missing
+    _write_images(tmp_path, sub, skip=missing)
+    with pytest.raises(mc2.MissingImagesError) as err:
+        mc2.find_images(sub, tmp_path)
+    msg = str(err.value)
+    assert msg.startswith(f"25 of 40 MC2 images are missing under {tmp_path}")
+    listed = [sub[i]["image_id"] for i in sorted(missing)]
+    assert all(iid in msg for iid in listed[:10]) and not any(iid in msg for iid in listed[10:])
+    assert "COCO_val2014_<id>.jpg" in msg
+
+
+@needs_file
+def test_samples_follow_the_mc2_prompt_order(records: list[dict[str, str]]) -> None:
+    img = np.zeros((8, 8, 3), dtype=np.uint8)
+    s_img, s_txt = mc2.record_samples(records[:1], [img])
+    r = records[0]
+    assert [n for n, _ in s_img.prompt.segments] == ["image", "context", "instruction", "question", "constraint"]
+    assert s_img.prompt.text("instruction") == mc2.FOLLOW_IMAGE and s_txt.prompt.text("instruction") == mc2.FOLLOW_TEXT
+    assert (s_img.answer, s_img.other_answer, s_txt.answer) == (r["answer_vision"], r["answer_text"], r["answer_text"])
+    assert s_img.answer_img_candidate_list == mc2.candidate_list(r["answer_vision"])
+    mc = mc2.record_samples(records[:1], [img], form="mc")
+    assert len(mc) == 4 and {s.meta["order"] for s in mc} == {"AB", "BA"}
+    for s in mc:
+        a = "A" if (s.meta["order"] == "AB") == (s.instructed == "image") else "B"
+        assert s.answer == a and s.prompt.text("question").endswith(
+            f"A. {r['answer_vision']} B. {r['answer_text']}" if s.meta["order"] == "AB" else f"A. {r['answer_text']} B. {r['answer_vision']}")
+
+
+@pytest.mark.parametrize("arch", ["llava", "qwen2_5_vl", "internvl"])
+def test_candidate_scoring_equals_a_direct_softmax(arch: str) -> None:
+    """P+ and P- sum the first-token probabilities of each side's (deduplicated) candidates."""
+    words = "the red blue green star circle a is what color ? . answer one word if follow image text".split()
+    mm = random_model(arch, words=words, n_layers=2)
+    recs = [{"image_id": "1", "task": "color", "question": "what color ?", "answer_vision": "red",
+             "answer_text": "blue", "context": "the star is blue ."},
+            {"image_id": "2", "task": "color", "question": "what color ?", "answer_vision": "green",
+             "answer_text": "red", "context": "a red circle ."}]
+    rng = np.random.default_rng(1)
+    imgs = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in recs]
+    samples = mc2.record_samples(recs, imgs)
+    # record 0: the image side has two candidates, one ("blue") shared with the text side, so it counts for
+    # neither; "Red" (capitalised) is an unknown word here and is left out
+    lists = [(("red", "star", "blue", "Red"), ("blue", "green")), (("red", "star", "blue"), ("blue", "green")),
+             (("green",), ("red",)), (("green",), ("red",))]
+    samples = [replace(s, answer_img_candidate_list=i, answer_text_candidate_list=x) for s, (i, x) in zip(samples, lists)]
+    t = targets_for(mm, samples)
+    with torch.no_grad():
+        logits = answer_logits(mm, encode(mm, [s.prompt for s in samples])).float()
+    p = torch.softmax(logits, -1)
+    tid = mm.tokenizer.convert_tokens_to_ids
+    expected_sides = [(["red", "star"], ["green"]), (["green"], ["red", "star"]), (["green"], ["red"]), (["red"], ["green"])]
+    for b, (pos_w, neg_w) in enumerate(expected_sides):
+        assert t.pos[b] == [tid(w) for w in pos_w] and t.neg[b] == [tid(w) for w in neg_w]
+        pp, pn = p[b, t.pos[b]].sum(), p[b, t.neg[b]].sum()
+        assert torch.allclose(margins(logits[b:b + 1], t.subset([b]))[0], torch.log(pp) - torch.log(pn), atol=1e-5)
+        assert torch.allclose(margins(logits[b:b + 1], t.subset([b]), constrained=False)[0], pp - pn, atol=1e-6)
+        best = max(pos_w + neg_w, key=lambda w: float(p[b, tid(w)]))
+        assert bool(follows(logits[b:b + 1], t.subset([b]))[0]) == (best in pos_w)
+
+
+def test_identical_first_tokens_are_a_clear_error() -> None:
+    mm = random_model("llava", words=["red", "blue"], n_layers=1)
+    rec = {"image_id": "1", "task": "color", "question": "q", "answer_vision": "crimson", "answer_text": "scarlet",
+           "context": "c"}
+    s = mc2.record_samples([rec], [np.zeros((64, 64, 3), dtype=np.uint8)])   # both words are <unk>
+    with pytest.raises(ValueError, match=r"sample 0 \(color\).*cannot be told apart"):
+        targets_from_candidates(mm, s)
+    kept, dropped = mc2.scorable(mm, s)
+    assert kept == [] and len(dropped) == 2 and dropped[0]["record"] == 0
+
+
+# ---- malformed records: any corruption is rejected with the record's index ---------------------------
+VALID = {"image_id": "000000046962", "task": "color", "question": "What color?", "answer_vision": "red",
+         "answer_text": "blue", "context": "A blue car."}
+
+
+@st.composite
+def corrupted(draw: Any) -> tuple[list[dict[str, Any]], int, str]:
+    n = draw(st.integers(1, 12))
+    recs = [copy.deepcopy(VALID) for _ in range(n)]
+    bad = draw(st.integers(0, n - 1))
+    field = draw(st.sampled_from(sorted(mc2.MC2_FIELDS)))
+    how = draw(st.sampled_from(["drop", "type", "empty"]))
+    if how == "drop":
+        del recs[bad][field]
+    elif how == "type":
+        recs[bad][field] = draw(st.one_of(st.none(), st.floats(allow_nan=False), st.lists(st.integers(), max_size=2),
+                                          st.booleans(), st.dictionaries(st.text(max_size=2), st.integers(), max_size=1)))
+    else:
+        recs[bad][field] = draw(st.sampled_from(["", "   "]))
+    return recs, bad, field
+
+
+@given(corrupted())
+@settings(max_examples=60, deadline=None)
+def test_malformed_records_are_rejected_with_their_index(case: tuple[list[dict[str, Any]], int, str]) -> None:
+    recs, bad, field = case
+    with pytest.raises(mc2.MC2FormatError, match=rf"record {bad} (has no field '{field}'|field '{field}')"):
+        mc2._validate(recs, "test.json")
+
+
+def test_load_records_names_the_file_and_index(tmp_path: Path) -> None:
+    p = tmp_path / "mc2.json"
+    p.write_text(json.dumps([VALID, {**VALID, "answer_text": 3}]))
+    with pytest.raises(mc2.MC2FormatError, match=r"record 1 field 'answer_text' is a int"):
+        mc2.load_records(p)
+    with pytest.raises(FileNotFoundError, match="mc2-json"):
+        mc2.load_records(tmp_path / "absent.json")
+
+
+@needs_file
+def test_manifest_round_trip_with_the_model_filter(records: list[dict[str, str]], tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from mfutils.datasets import load_split, manifest_dataset, write_manifest
+
+    monkeypatch.setenv("MF_OUT", str(tmp_path / "out"))
+    coco = tmp_path / "coco"
+    coco.mkdir()
+    _write_images(coco, records)
+    words = sorted({w for r in records for k in ("question", "answer_vision", "answer_text", "context")
+                    for w in r[k].split()})
+    mm = random_model("llava", words=words, n_layers=2)       # reads MC2's words (random weights)
+    sizes = {"identify": 6, "test": 6, "test_system": 4, "test_instruction_last": 4, "capability": 6, "fail_pool": 6}
+    man = write_manifest("random:llava", sizes, dataset="mc2", mc2_json=str(SHARED), coco_root=str(coco), mm=mm)
+    assert manifest_dataset("random:llava") == "mc2" and man["filtered_for"] == "random:llava"
+    halves = mc2._halves(len(records))
+    for name, entry in man["splits"].items():
+        got = load_split("random:llava", name)
+        assert len(got) == entry["n"] <= sizes[name]
+        half = "identify" if name == "identify" else "test"
+        assert {s.index for s in got} <= set(halves[half])
+    ident = {s.index for s in load_split("random:llava", "identify")}
+    assert not ident & {s.index for s in load_split("random:llava", "test")}
+    # the filter kept exactly the records whose two counterparts the model answers right
+    kept = load_split("random:llava", "test")
+    assert kept, ("the random model answers no record from each modality alone: pick another seed", man["build"])
+    pairs = [mc2.counterparts_mc2(s) for s in kept]
+    assert all(mc2._correct(mm, [a, b], 2) == [True, True] for a, b in pairs)
+    filt = man["build"]["filter"]["test"]
+    assert filt["n_kept_records"] <= min(filt["image_only_right"], filt["text_only_right"]) <= filt["n_records"]
+    assert filt["n_kept_records"] < filt["n_records"], "a random model should fail some records"
+    cap = load_split("random:llava", "capability")
+    assert [s.category for s in cap] == ["image_only", "text_only"] * (len(cap) // 2) + ["image_only"] * (len(cap) % 2)
