@@ -1,0 +1,386 @@
+"""Time each fast path of mfutils against its plain twin, in ONE run, and write benchmarks/RESULTS.md.
+
+Usage (from the repository root)::
+
+    python -m benchmarks.run                       # full: default model + random:qwen2_5_vl, smoke-chain memory
+    python -m benchmarks.run --quick --out /tmp/r.md   # CI-sized smoke test of this script
+
+What is measured, per model (``--models``, default ``tiny`` and ``random:qwen2_5_vl``):
+
+- **sweep**: a full window-1 knockout sweep over ``flow.MAIN_EDGES``: naive (one full forward per
+  edge x window, ``method="naive"``) / prefix reuse (``method="prefix"``) and / prefix reuse with condition
+  batching (``batch_conditions=True``). Equality: max |margin difference| against the naive sweep.
+- **head scoring**: exhaustive with one full forward per head (``method="full"``) and exhaustive with
+  prefix reuse (the reference implementation) / attribution + verification (``heads.head_scores_fast``);
+  top-5% set of the fast scores vs the exhaustive ones.
+- **hook overhead**: a forward under a no-op knockout (empty block, every layer) and a no-op
+  ``scale_heads`` (all alphas 1, which by design installs no hook) / the same forward unhooked; the logits
+  must be bit-identical.
+- **forward-equivalents** (machine independent): decoder work of each way in full forwards of one batch.
+- **memory**: peak resident set size of ``python -m mfutils reproduce --smoke`` run in a subprocess with
+  ``MF_OUT`` in a temporary folder (``--quick``: of a small sweep subprocess instead).
+
+Timings interleave the two ways of a pair (A, B, A, B, ...), after one warm-up of each; the ratio is
+reported as the median over repeats of the per-repeat ratio, with its min..max spread. Numbers from a
+shared or busy machine are noisy: rerun on a quiet one before quoting them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+SECTIONS = ("Machine", "Knockout sweep", "Head scoring", "Hook overhead", "Forward-equivalents", "Memory",
+            "Equality checks")
+
+
+# ------------------------------------------------------------------------------------------------
+# Timing
+# ------------------------------------------------------------------------------------------------
+def interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
+    """Seconds per call of each function: one warm-up each, then ``repeats`` rounds A, B, C, A, B, C, ..."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return times
+
+
+def ratio(times: dict[str, list[float]], slow: str, fast: str) -> dict[str, float]:
+    """Median and min..max over repeats of slow_r / fast_r (same round r)."""
+    r = [a / b for a, b in zip(times[slow], times[fast])]
+    return {"median": statistics.median(r), "min": min(r), "max": max(r), "n": len(r),
+            "slow_s": statistics.median(times[slow]), "fast_s": statistics.median(times[fast])}
+
+
+def fmt_ratio(r: dict[str, float]) -> str:
+    return f"**{r['median']:.2f}x** ({r['min']:.2f}-{r['max']:.2f}, {r['n']} repeats)"
+
+
+# ------------------------------------------------------------------------------------------------
+# Machine
+# ------------------------------------------------------------------------------------------------
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import transformers
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "mfutils", "benchmarks"], cwd=REPO,
+                               capture_output=True, text=True).stdout.strip()
+        commit += "+dirty" if dirty else ""
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = (float("nan"),) * 3
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "commit": commit, "platform": platform.platform(),
+            "load_avg_at_start": [round(x, 2) for x in load]}
+
+
+# ------------------------------------------------------------------------------------------------
+# Benchmarks
+# ------------------------------------------------------------------------------------------------
+def bench_sweep(mm: Any, samples: Sequence[Any], repeats: int, batch_size: int) -> dict[str, Any]:
+    from mfutils import flow
+
+    edges = list(flow.MAIN_EDGES)
+    out: dict[str, Any] = {}
+
+    def run(method: str, batched: bool) -> Callable[[], Any]:
+        def fn() -> None:
+            out[(method, batched)] = flow.knockout_sweep(mm, samples, edges, k=1, batch_size=batch_size,
+                                                         progress=False, method=method, batch_conditions=batched)
+        return fn
+
+    times = interleaved({"naive": run("naive", False), "prefix": run("prefix", False),
+                         "prefix+batched": run("prefix", True)}, repeats)
+    naive = out[("naive", False)].knocked
+    diff = {k: float(np.nanmax(np.abs(v.knocked - naive))) if np.isfinite(naive).any() else 0.0
+            for k, v in out.items()}
+    same_nan = all(np.array_equal(np.isnan(v.knocked), np.isnan(naive)) for v in out.values())
+    return {"n": len(samples), "edges": len(edges), "windows": mm.n_layers, "batch_size": batch_size,
+            "naive/prefix": ratio(times, "naive", "prefix"),
+            "naive/prefix+batched": ratio(times, "naive", "prefix+batched"),
+            "prefix/prefix+batched": ratio(times, "prefix", "prefix+batched"),
+            "max_abs_diff_prefix": diff[("prefix", False)], "max_abs_diff_batched": diff[("prefix", True)],
+            "nan_pattern_equal": same_nan,
+            "fe": {k[0] + ("+batched" if k[1] else ""): v.info["forward_equivalents"] for k, v in out.items()}}
+
+
+def bench_heads(mm: Any, samples: Sequence[Any], repeats: int, batch_size: int, share: float = 0.05
+                ) -> dict[str, Any]:
+    from mfutils import heads
+
+    follow = heads.mfr(mm, samples, batch_size=batch_size)
+    ident = [s for s, f in zip(samples, follow.tolist()) if f] or list(samples)
+    data = heads.prepare(mm, ident, batch_size)
+    out: dict[str, Any] = {}
+
+    def ex(method: str) -> Callable[[], None]:
+        def fn() -> None:
+            out[method] = heads.head_scores_exhaustive(mm, data, progress=False, method=method)
+        return fn
+
+    def fast() -> None:
+        out["fast"] = heads.head_scores_fast(mm, data, share=share, progress=False)
+
+    times = interleaved({"exhaustive_full": ex("full"), "exhaustive_prefix": ex("prefix"), "fast": fast}, repeats)
+    L, H = mm.n_layers, mm.n_heads
+    f = out["fast"]
+    top_fast, top_ex = heads.top_heads(f.scores, share), heads.top_heads(out["prefix"], share)
+    v = f.verified
+    n_batches = len(data.batches)
+    return {"n": len(ident), "heads": L * H, "k": len(top_ex), "verified": int(v.sum()), "rounds": f.rounds,
+            "full/fast": ratio(times, "exhaustive_full", "fast"),
+            "prefix/fast": ratio(times, "exhaustive_prefix", "fast"),
+            "full/prefix": ratio(times, "exhaustive_full", "exhaustive_prefix"),
+            "top_equal": set(top_fast) == set(top_ex), "top_fast": top_fast, "top_exhaustive": top_ex,
+            "top_overlap": len(set(top_fast) & set(top_ex)) / len(top_ex),
+            "verified_max_abs_diff": float((f.scores[v] - out["prefix"][v]).abs().max()) if v.any() else 0.0,
+            "full_vs_prefix_max_abs_diff": float((out["full"] - out["prefix"]).abs().max()),
+            "fe": {"exhaustive_full": n_batches * (1 + L * H), "fast": f.forward_equivalents}}
+
+
+def bench_hooks(mm: Any, samples: Sequence[Any], repeats: int, batch_size: int) -> dict[str, Any]:
+    from mfutils.groups import encode
+    from mfutils.hooks import knockout, scale_heads
+
+    enc = encode(mm, [s.prompt for s in samples[:batch_size]]).to(mm.device)
+    B, T = enc.groups.shape
+    empty = torch.zeros(B, T, T, dtype=torch.bool)
+    out: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def plain() -> None:
+        out["plain"] = mm.model(**enc.inputs).logits
+
+    @torch.no_grad()
+    def hooked() -> None:
+        with knockout(mm, empty, range(mm.n_layers)), scale_heads(mm, torch.ones(mm.n_layers, mm.n_heads)):
+            out["hooked"] = mm.model(**enc.inputs).logits
+
+    inner = max(1, 20 if len(samples) > 8 else 5)
+
+    def many(fn: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            for _ in range(inner):
+                fn()
+        return run
+
+    times = interleaved({"hooked": many(hooked), "plain": many(plain)}, repeats)
+    return {"batch": B, "forwards_per_timing": inner, "hooked/plain": ratio(times, "hooked", "plain"),
+            "bit_identical": bool(torch.equal(out["plain"], out["hooked"]))}
+
+
+_SWEEP_CHILD = """
+import os, sys
+from mfutils import flow
+from mfutils.models import load_model
+from mfutils.world import make_split
+mm = load_model(sys.argv[1])
+flow.knockout_sweep(mm, make_split("test", int(sys.argv[2])), flow.MAIN_EDGES, k=1, progress=False)
+"""
+
+
+def peak_memory(quick: bool, model: str) -> dict[str, Any]:
+    """Peak RSS (MiB) of a child process: the smoke chain, or (``quick``) a small sweep."""
+    env = dict(os.environ)
+    with tempfile.TemporaryDirectory() as tmp:
+        env["MF_OUT"] = tmp
+        if quick:
+            cmd = [sys.executable, "-c", _SWEEP_CHILD, model, "8"]
+            what = f"a window-1 sweep of 8 samples on {model} (--quick; not the chain)"
+        else:
+            cmd = [sys.executable, "-m", "mfutils", "reproduce", "--smoke"]
+            what = "`python -m mfutils reproduce --smoke` (the smoke chain, default model)"
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    # ru_maxrss of children is the maximum over every child waited for (KiB on Linux): the largest process
+    # of the chain (papermill kernels are children of the runner and are included once they exit)
+    return {"what": what, "peak_rss_mib": after / 1024, "previous_children_peak_mib": before / 1024,
+            "returncode": proc.returncode, "wall_s": wall, "stderr_tail": proc.stderr[-400:] if proc.returncode else ""}
+
+
+# ------------------------------------------------------------------------------------------------
+# Report
+# ------------------------------------------------------------------------------------------------
+def gpu_section() -> list[str]:
+    p = REPO / "benchmarks" / "gpu_sweep.json"
+    if not p.exists():
+        return ["No GPU run recorded (benchmarks/gpu_sweep.json is absent; run `python -m benchmarks.gpu_llava_sweep` "
+                "on a GPU machine and save its JSON line there)."]
+    d = json.loads(p.read_text())
+    return [f"Recorded by `python -m benchmarks.gpu_llava_sweep` on **{d.get('gpu')}** (torch {d.get('torch')}, "
+            f"transformers {d.get('transformers')}, {d.get('dtype')}), file benchmarks/gpu_sweep.json:", "",
+            "| | value |", "|---|---|",
+            f"| model | randomly initialised full LLaVA-1.5-7B config ({d.get('n_layers')} layers, hidden "
+            f"{d.get('hidden_size')}), {d.get('n_samples')} samples x {d.get('seq_len')} tokens |",
+            f"| conditions | {d.get('edges')} x {d.get('n_windows')} windows (k = 1) |",
+            f"| naive sample-windows/s | {d.get('naive_throughput', float('nan')):.1f} |",
+            f"| prefix-reuse sample-windows/s | {d.get('prefix_throughput', float('nan')):.1f} |",
+            f"| ratio | **{d.get('speedup', float('nan')):.2f}x** |",
+            f"| max abs logit difference (bf16) | {d.get('max_abs_logit_diff')} |",
+            f"| forward-equivalents naive / prefix | {d.get('fe_naive')} / {d.get('fe_prefix')} |"]
+
+
+def render(doc: dict[str, Any]) -> str:
+    m = doc["machine"]
+    lines = ["# Benchmarks: fast paths against their plain twins", "",
+             f"Written by `python -m benchmarks.run{' --quick' if doc['quick'] else ''}` in one run "
+             f"({doc['wall_s']:.0f} s). Ratios are slow / fast: above 1 means the fast path is faster. Each is the "
+             "median over interleaved repeats (A, B, A, B, ...) of the per-repeat ratio, with the min-max spread. "
+             "Tests check equality only, never these timings.", ""]
+    if doc["quick"]:
+        lines += ["**--quick run: tiny sample counts for a smoke test of this script; the ratios mean little.**", ""]
+    lines += ["## Machine", "", "| | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in m.items()]
+    lines += ["", "## Knockout sweep", "",
+              "Full window-1 sweep over the 8 main edges (every layer a window). naive: one full forward per "
+              "(edge, window); prefix: `knockout_sweep(method=\"prefix\")` (clean prefix once per batch, only layers "
+              ">= the window and rows >= the first cut query recomputed); batched: prefix + `batch_conditions=True`.",
+              "", "| model | samples | naive s | prefix s | naive / prefix | naive / prefix+batched | "
+              "prefix / prefix+batched |", "|---|---|---|---|---|---|---|"]
+    for name, r in doc["models"].items():
+        s = r["sweep"]
+        lines.append(f"| {name} | {s['n']} | {s['naive/prefix']['slow_s']:.2f} | {s['naive/prefix']['fast_s']:.2f} | "
+                     f"{fmt_ratio(s['naive/prefix'])} | {fmt_ratio(s['naive/prefix+batched'])} | "
+                     f"{fmt_ratio(s['prefix/prefix+batched'])} |")
+    lines += ["", "## Head scoring", "",
+              "exhaustive-full: one full forward per head per batch (the plain twin); exhaustive-prefix: the "
+              "reference `head_scores_exhaustive` (prefix reuse: layers >= l at the answer rows); fast: "
+              "`head_scores_fast` (attribution patching, then exact ablation of the top 3k candidates). Scored on "
+              "the samples the model follows (as notebook 03).", "",
+              "| model | samples | heads | verified | full / fast | prefix / fast | full / prefix | top-5% equal |",
+              "|---|---|---|---|---|---|---|---|"]
+    for name, r in doc["models"].items():
+        h = r["heads"]
+        eq = "yes" if h["top_equal"] else f"no (overlap {h['top_overlap']:.2f}: fast {h['top_fast']} vs exhaustive {h['top_exhaustive']})"
+        lines.append(f"| {name} | {h['n']} | {h['heads']} | {h['verified']} | {fmt_ratio(h['full/fast'])} | "
+                     f"{fmt_ratio(h['prefix/fast'])} | {fmt_ratio(h['full/prefix'])} | {eq} |")
+    lines += ["", "## Hook overhead", "",
+              "Forward under a no-op knockout (empty block, pre-hooks on every layer) and a no-op `scale_heads` "
+              "(all alphas 1: by design it installs no hook) / the same forward unhooked.", "",
+              "| model | batch | hooked / plain | logits bit-identical |", "|---|---|---|---|"]
+    for name, r in doc["models"].items():
+        k = r["hooks"]
+        lines.append(f"| {name} | {k['batch']} | {fmt_ratio(k['hooked/plain'])} | {k['bit_identical']} |")
+    lines += ["", "## Forward-equivalents", "",
+              "Decoder work in full forwards of one batch, summed over batches (machine independent; the rerun of "
+              "q of T rows through m of L layers counts m*q/(L*T); the attribution pass counts 3).", "",
+              "| model | sweep naive | sweep prefix | sweep prefix+batched | heads exhaustive-full | heads fast |",
+              "|---|---|---|---|---|---|"]
+    for name, r in doc["models"].items():
+        fe, he = r["sweep"]["fe"], r["heads"]["fe"]
+        lines.append(f"| {name} | {fe['naive']:.1f} | {fe['prefix']:.1f} | {fe['prefix+batched']:.1f} | "
+                     f"{he['exhaustive_full']:.1f} | {he['fast']:.1f} |")
+    mem = doc["memory"]
+    lines += ["", "## Memory", "", f"Peak resident set size of {mem['what']}: **{mem['peak_rss_mib']:.0f} MiB** "
+              f"(exit code {mem['returncode']}, {mem['wall_s']:.0f} s).", ""]
+    if mem["stderr_tail"]:
+        lines += ["```", mem["stderr_tail"], "```", ""]
+    lines += ["## GPU: full-size LLaVA-1.5-7B sweep", ""] + gpu_section()
+    lines += ["", "## Equality checks", "", "| check | value | passed |", "|---|---|---|"]
+    for c in doc["checks"]:
+        lines.append(f"| {c['name']} | {c['value']} | {'PASS' if c['passed'] else 'FAIL'} |")
+    lines += ["", f"ALL EQUALITY CHECKS {'PASSED' if all(c['passed'] for c in doc['checks']) else 'FAILED'}", ""]
+    return "\n".join(lines)
+
+
+def checks(models: dict[str, Any], memory: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for name, r in models.items():
+        s, h, k = r["sweep"], r["heads"], r["hooks"]
+        out += [
+            {"name": f"{name}: sweep prefix vs naive, max abs margin diff <= 1e-4", "value": f"{s['max_abs_diff_prefix']:.2e}",
+             "passed": s["max_abs_diff_prefix"] <= 1e-4 and s["nan_pattern_equal"]},
+            {"name": f"{name}: sweep prefix+batched vs naive, max abs margin diff <= 1e-4",
+             "value": f"{s['max_abs_diff_batched']:.2e}", "passed": s["max_abs_diff_batched"] <= 1e-4},
+            {"name": f"{name}: exhaustive full vs prefix, max abs score diff <= 1e-4",
+             "value": f"{h['full_vs_prefix_max_abs_diff']:.2e}", "passed": h["full_vs_prefix_max_abs_diff"] <= 1e-4},
+            {"name": f"{name}: verified fast scores equal exhaustive (<= 1e-4)", "value": f"{h['verified_max_abs_diff']:.2e}",
+             "passed": h["verified_max_abs_diff"] <= 1e-4},
+            {"name": f"{name}: no-op hooks leave logits bit-identical", "value": str(k["bit_identical"]),
+             "passed": k["bit_identical"]},
+        ]
+    out.append({"name": "memory child process exited cleanly", "value": str(memory["returncode"]),
+                "passed": memory["returncode"] == 0})
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny sample counts (CI smoke test of this script)")
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "RESULTS.md"), help="where to write the Markdown")
+    p.add_argument("--models", nargs="+", default=["tiny", "random:qwen2_5_vl"])
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats per pair (default 5, --quick 1)")
+    p.add_argument("--samples", type=int, default=None, help="samples per model (default 64, --quick 6)")
+    args = p.parse_args(argv)
+    from mfutils import seed_everything
+    from mfutils.models import load_model
+    from mfutils.world import make_split
+
+    repeats = args.repeats or (1 if args.quick else 5)
+    n = args.samples or (6 if args.quick else 64)
+    t0 = time.perf_counter()
+    seed_everything(0)
+    doc: dict[str, Any] = {"quick": args.quick, "machine": machine(), "models": {}}
+    for name in args.models:
+        mm = load_model(name)
+        print(f"[bench] {mm}", flush=True)
+        batch = n
+        doc["models"][name] = {
+            "sweep": bench_sweep(mm, make_split("test", n), repeats, batch),
+            "heads": bench_heads(mm, make_split("identify", n), repeats, batch),
+            "hooks": bench_hooks(mm, make_split("test", n), repeats, batch),
+        }
+        print(f"[bench] {name}: sweep {doc['models'][name]['sweep']['naive/prefix']['median']:.2f}x, heads "
+              f"{doc['models'][name]['heads']['full/fast']['median']:.2f}x, hooks "
+              f"{doc['models'][name]['hooks']['hooked/plain']['median']:.3f}x", flush=True)
+    doc["memory"] = peak_memory(args.quick, args.models[0])
+    doc["checks"] = checks(doc["models"], doc["memory"])
+    doc["wall_s"] = time.perf_counter() - t0
+    text = render(doc)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    out.with_suffix(".json").write_text(json.dumps(doc, indent=1, default=str))
+    print(text)
+    return 0 if all(c["passed"] for c in doc["checks"]) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
