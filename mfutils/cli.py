@@ -74,13 +74,38 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import EVAL_CATEGORIES, evaluate
     from .models import load_model
 
-    mm = load_model(args.model)
-    t0 = time.time()
-    res = evaluate(mm, n=args.n, seed=args.seed, batch_size=args.batch_size, progress=not args.json)
+    if args.dataset == "mc2" and (not args.mc2_json or not args.coco_root):
+        print("mf eval --dataset mc2 needs --mc2-json <evaluate_final.json> and --coco-root <COCO 2014 folder>",
+              file=sys.stderr)
+        return 2
+    try:
+        mm = load_model(args.model, device=args.device)
+        t0 = time.time()
+        if args.dataset == "mc2":
+            from . import mc2
+
+            records = mc2.load_records(args.mc2_json)[: args.n]
+            images = mc2.find_images(records, args.coco_root)
+            samples, dropped = mc2.scorable(mm, mc2.record_samples(records, images, form=args.form))
+            res = mc2.evaluate_mc2(mm, samples, batch_size=args.batch_size)
+            res.update({"dataset": "mc2", "form": args.form, "mc2_json": args.mc2_json,
+                        "mc2_sha256": mc2.file_sha256(args.mc2_json), "n_unscorable": len(dropped)})
+            cats: Sequence[str] = ("follow_image", "follow_text", "image_only", "text_only")
+        else:
+            res = evaluate(mm, n=args.n, seed=args.seed, batch_size=args.batch_size, progress=not args.json)
+            res["dataset"] = "world"
+            cats = EVAL_CATEGORIES
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:   # user errors: one clear line, no traceback
+        print(f"mf eval: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     res["wall_s"] = round(time.time() - t0, 2)
+    if args.model.startswith("random:"):
+        res["note"] = "random weights: smoke only"
     if not args.json:
-        print(f"{mm.name}: {args.n} fresh samples per category, seed {args.seed} (Wilson 95% intervals)")
-        for cat in EVAL_CATEGORIES:
+        what = (f"{res['n_records']} MC2 records ({args.form} form; {res.get('n_unscorable', 0)} samples unscorable)"
+                if args.dataset == "mc2" else f"{args.n} fresh samples per category, seed {args.seed}")
+        print(f"{mm.name}: {what} (Wilson 95% intervals)")
+        for cat in cats:
             r = res[cat]
             print(f"  {cat:15s} {r['rate']:.3f}  [{r['lo']:.3f}, {r['hi']:.3f}]  ({r['k']}/{r['n']})")
     print(json.dumps(res) if args.json else f"  ({res['wall_s']} s)")
@@ -88,9 +113,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from .chain import run_chain
+    from .chain import parse_parameter, run_chain
 
-    return run_chain(model=args.model, smoke=args.smoke, only=args.only)
+    params = dict(parse_parameter(t) for t in args.param)
+    for name in ("dataset", "mc2_json", "coco_root"):  # passed only when given: the world needs none of them
+        value = getattr(args, name, None)
+        if value:
+            params[name] = value
+    return run_chain(model=args.model, smoke=args.smoke, only=args.only, force=args.force, params=params)
 
 
 def _cmd_store_checked(args: argparse.Namespace) -> int:
@@ -129,11 +159,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=HELDOUT_SEEDS["eval"], help="held-out seed")
     s.set_defaults(func=_cmd_card)
 
-    s = sub.add_parser("eval", help="accuracy per category with n and 95%% intervals")
-    s.add_argument("--model", default="tiny", help="'tiny', 'random:<arch>' or a checkpoint folder")
-    s.add_argument("--n", type=int, default=1000, help="fresh samples per category (default: %(default)s)")
+    s = sub.add_parser("eval", help="accuracy per category with n and 95%% intervals",
+                       description="World: accuracy per category on fresh samples. MC2 (--dataset mc2): the "
+                                   "modality-following ratio per instruction on the first --n records and the "
+                                   "accuracy on their image-only and text-only versions.")
+    s.add_argument("--model", default="tiny", help="'tiny', 'random:<arch>', a checkpoint folder or a cached HF id")
+    s.add_argument("--dataset", choices=("world", "mc2"), default="world", help="(default: %(default)s)")
+    s.add_argument("--mc2-json", default="", help="MC2's evaluate_final.json (with --dataset mc2)")
+    s.add_argument("--coco-root", default="", help="folder of the MS-COCO 2014 images (with --dataset mc2)")
+    s.add_argument("--form", choices=("open", "mc"), default="open",
+                   help="MC2: open-ended answers (candidate lists) or A/B options in both orders (default: %(default)s)")
+    s.add_argument("--n", type=int, default=1000, help="fresh samples per category / MC2 records (default: %(default)s)")
     s.add_argument("--seed", type=int, default=HELDOUT_SEEDS["eval"], help="sample seed (default: %(default)s)")
     s.add_argument("--batch-size", type=int, default=128)
+    s.add_argument("--device", default="cpu", help="'cpu', 'cuda' or 'auto' (accelerate over the GPUs; default: %(default)s)")
     s.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     s.set_defaults(func=_cmd_eval)
 
@@ -141,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default="tiny", help="model for every notebook (default: %(default)s)")
     s.add_argument("--smoke", action="store_true", help="tiny sample counts (CI-sized run)")
     s.add_argument("--only", nargs="*", default=None, help="notebook name prefixes to run (e.g. 00 01)")
+    s.add_argument("--force", action="store_true",
+                   help="recompute every notebook (default: skip notebooks whose inputs and outputs are unchanged)")
+    s.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="a notebook parameter, checked against the notebooks' parameters cells (repeatable)")
+    s.add_argument("--dataset", default=None, help="'world' (default) or 'mc2'")
+    s.add_argument("--mc2-json", dest="mc2_json", default=None, help="the MC2 evaluation JSON (dataset mc2)")
+    s.add_argument("--coco-root", dest="coco_root", default=None, help="folder of the COCO 2014 images (dataset mc2)")
     s.set_defaults(func=_cmd_reproduce)
 
     s = sub.add_parser("store-checked", help="store the outputs of NBVAL_CHECK_OUTPUT cells in the sources",
@@ -160,7 +206,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = argv
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("\ninterrupted. Results are written atomically; `make reproduce` resumes where this run stopped.",
+              file=sys.stderr)
+        return 130
+    except Exception as exc:  # user errors: one clear line, no traceback wall (MF_DEBUG=1 shows it)
+        if os.environ.get("MF_DEBUG") or not _is_user_error(exc):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        print("(set MF_DEBUG=1 to see the traceback)", file=sys.stderr)
+        return 2
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    """Errors about the user's input or machine: mfutils' own error classes, files, memory."""
+    import torch
+
+    if isinstance(exc, (OSError, MemoryError, torch.OutOfMemoryError)):
+        return True
+    return any(c.__module__.startswith("mfutils") for c in type(exc).__mro__)
 
 
 if __name__ == "__main__":

@@ -42,3 +42,35 @@ def test_info_lists_the_chain() -> None:
     out = _run("info")
     assert out.returncode == 0, out.stderr
     assert "00_model" in out.stdout and "random:qwen2_5_vl" in out.stdout
+
+
+MC2 = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "mc2", "evaluate_final.json")
+
+
+def test_eval_mc2_needs_its_paths() -> None:
+    out = _run("eval", "--model", "random:llava", "--dataset", "mc2")
+    assert out.returncode == 2 and "--mc2-json" in out.stderr and "--coco-root" in out.stderr
+
+
+@pytest.mark.skipif(not os.path.exists(MC2), reason="the MC2 file is not at ../shared/mc2/evaluate_final.json")
+def test_eval_mc2_on_stand_in_images(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+    from PIL import Image
+
+    records = json.load(open(MC2))[:6]
+    for r in records[:5]:
+        Image.fromarray(np.full((20, 20, 3), 90, dtype=np.uint8)).save(tmp_path / f"COCO_val2014_{r['image_id']}.jpg")
+    # one image missing: a one-line error naming it, no traceback
+    out = _run("eval", "--model", "random:internvl", "--dataset", "mc2", "--mc2-json", MC2, "--coco-root",
+               str(tmp_path), "--n", "6")
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert f"1 of 6 MC2 images are missing under {tmp_path}: {records[5]['image_id']} (record 5)" in out.stderr
+    out = _run("eval", "--model", "random:internvl", "--dataset", "mc2", "--mc2-json", MC2, "--coco-root",
+               str(tmp_path), "--n", "5", "--json")
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["dataset"] == "mc2" and res["note"] == "random weights: smoke only"
+    # 5 records x 2 instructions, each either scored or reported unscorable (the random model's word-level
+    # vocabulary does not know MC2's answers)
+    assert res["n_samples"] + res["n_unscorable"] == 10
+    assert res["follow_image"]["n"] + res["follow_text"]["n"] == res["n_samples"]

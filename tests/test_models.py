@@ -51,3 +51,92 @@ def test_adapter_paths_resolve(arch: str) -> None:
     assert mm.unembed.out_features == len(mm.tokenizer)
     assert mm.final_norm.weight.shape[0] == mm.hidden_size
     assert mm.image_token_id == mm.tokenizer.convert_tokens_to_ids(mm.spec.image_token)
+
+
+# ---- real-model loading: device_map, dtype, and the errors of issue 8 -------------------------------------
+import json
+
+import torch
+
+from mfutils.archs import UnsupportedArchitectureError
+from mfutils.models import CheckpointError, default_dtype, random_model
+
+
+@pytest.fixture(scope="module")
+def saved_internvl(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.Tensor]:
+    """A random InternVL saved as a checkpoint folder, and its logits on one prompt."""
+    from mfutils.groups import encode
+    from mfutils.world import make_sample
+
+    mm = random_model("internvl", n_layers=2)
+    path = tmp_path_factory.mktemp("internvl")
+    mm.model.save_pretrained(path)
+    mm.processor.save_pretrained(path)
+    enc = encode(mm, [make_sample(3, 0, "follow_image").prompt])
+    with torch.no_grad():
+        return path, mm.model(**enc.inputs).logits
+
+
+def test_device_auto_loads_through_accelerate(saved_internvl: tuple[Path, torch.Tensor]) -> None:
+    from mfutils.groups import encode
+    from mfutils.world import make_sample
+
+    path, ref = saved_internvl
+    mm = load_model(str(path), device="auto")
+    assert mm.spec is ARCHS["internvl"] and mm.model.dtype == default_dtype("auto")
+    enc = encode(mm, [make_sample(3, 0, "follow_image").prompt])
+    with torch.no_grad():
+        got = mm.model(**enc.inputs).logits
+    assert torch.equal(got, ref) if not torch.cuda.is_available() else torch.allclose(got.float().cpu(), ref, atol=0.1)
+
+
+def test_default_dtype() -> None:
+    assert default_dtype("cpu") == torch.float32 and default_dtype("cuda") == torch.bfloat16
+    assert default_dtype("auto") == (torch.bfloat16 if torch.cuda.is_available() else torch.float32)
+
+
+def test_missing_local_path_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        load_model(str(tmp_path / "no" / "such"))
+
+
+def test_unsupported_architecture_names_the_folder(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mamba"}))
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(UnsupportedArchitectureError, match=rf"{tmp_path}: no architecture adapter for model_type 'mamba'"):
+        load_model(str(tmp_path))
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_missing_weights_say_how_to_fetch_them(saved_internvl: tuple[Path, torch.Tensor], tmp_path: Path) -> None:
+    path = _copy(saved_internvl[0], tmp_path / "ckpt")
+    (path / "model.safetensors").unlink()
+    with pytest.raises(ModelNotFoundError) as err:
+        load_model(str(path))
+    msg = str(err.value)
+    assert f"no weights in {path}" in msg
+    assert f"huggingface-cli download OpenGVLab/InternVL3-8B-hf --local-dir {path}" in msg
+
+
+def test_truncated_checkpoint_is_a_clear_error(saved_internvl: tuple[Path, torch.Tensor], tmp_path: Path) -> None:
+    path = _copy(saved_internvl[0], tmp_path / "ckpt")
+    f = path / "model.safetensors"
+    data = f.read_bytes()
+    f.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=rf"the weights file {f} cannot be read.*truncated or corrupt"):
+        load_model(str(path))
+
+
+def test_incomplete_sharded_download(saved_internvl: tuple[Path, torch.Tensor], tmp_path: Path) -> None:
+    path = _copy(saved_internvl[0], tmp_path / "ckpt")
+    (path / "model.safetensors").rename(path / "model-00001-of-00002.safetensors")
+    (path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+        "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    with pytest.raises(ModelNotFoundError, match="1 of 2 weight shards are missing.*model-00002-of-00002"):
+        load_model(str(path))

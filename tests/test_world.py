@@ -103,3 +103,30 @@ def test_heldout_templates_use_only_words_seen_in_training() -> None:
     for i in HELDOUT_TEMPLATES:
         assert set(INSTRUCTION_TEMPLATES[i].split()) <= seen, INSTRUCTION_TEMPLATES[i]
         assert INSTRUCTION_TEMPLATES[i] not in [t for j, t in enumerate(INSTRUCTION_TEMPLATES) if j != i]
+
+
+# ---- property: any seed renders a valid sample whose segments are all found (issue 8) ---------------------
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+_MODELS: dict[str, object] = {}
+
+
+@given(seed=st.integers(0, 2**31 - 1), index=st.integers(0, 10**6), category=st.sampled_from(CATEGORIES),
+       variant=st.sampled_from(VARIANTS), arch=st.sampled_from(RANDOM_ARCHS), heldout=st.booleans())
+@settings(max_examples=40, deadline=None)
+def test_any_seed_renders_a_valid_sample(seed: int, index: int, category: str, variant: str, arch: str,
+                                         heldout: bool) -> None:
+    s = make_sample(seed, index, category, variant=variant, heldout=heldout)
+    assert s.prompt.image.shape == (64, 64, 3) and s.prompt.image.dtype == np.uint8
+    assert s.answer in s.candidates and s.category == category and s.variant == variant
+    if s.conflict:
+        assert s.other_answer in s.candidates and s.other_answer != s.answer
+    mm = _MODELS.setdefault(arch, random_model(arch, n_layers=1))
+    enc = encode(mm, [s.prompt])  # type: ignore[arg-type]
+    for name, text in s.prompt.segments:
+        ids = enc.inputs["input_ids"][0][enc.groups[name][0]]
+        if name == "image":
+            assert len(ids) == 16
+        else:
+            assert mm.tokenizer.decode(ids).split() == text.split()  # type: ignore[attr-defined]
