@@ -1,36 +1,60 @@
-"""The notebook chain: run ``notebooks/NN_*.ipynb`` in order with papermill, say truthfully what ran.
+"""The notebook chain: run ``notebooks/NN_*.ipynb`` in order with papermill; resumable, checked, traceable.
 
-Each notebook is executed with ``--cwd notebooks`` semantics and the parameters ``model`` and ``smoke``;
-its executed copy goes to ``figures/<model>/notebooks/`` (never over the source). After the chain, the
-claims report is written by ``mfutils.report`` when the analysis notebooks exist; until then the chain
-says which parts of the study are not built yet.
+Each notebook is executed with ``--cwd notebooks`` semantics and the chain's parameters (``model``, ``smoke``
+and any ``-p name=value``); its executed copy goes to ``figures/<model>/notebooks/`` (never over the source).
+
+Resuming (issue 8). After a notebook finishes, the chain records in ``results/<model>/chain_state.json`` the
+notebook's *fingerprint* (a hash of its source cells, its parameters, the mfutils source code, the model's
+weights and the fingerprint of the notebook before it) and the sha256 of every file it wrote. A later run
+skips a notebook only when its fingerprint is unchanged and every recorded output is present with the same
+hash; from the first notebook that must run, every later notebook runs too. Before a notebook starts, its
+record and those after it are removed, so a run killed half-way never leaves a record that vouches for
+half-written outputs (the results themselves are written atomically by ``mfutils.paths.atomic_output``).
+``force=True`` (``make reproduce FORCE=1``) recomputes everything.
+
+Provenance. Every JSON results file a notebook writes gets a ``"provenance"`` block (git commit, package
+versions, model path and weights sha256, dataset checksums, parameters, the notebook, its wall time), and
+the executed notebook gets the same under ``metadata.mfutils``. ``results/<model>/PROVENANCE.json`` lists
+every output file (JSON or not) with its sha256 and the notebook that wrote it. Comparing two runs for
+determinism means comparing results with their ``provenance`` blocks removed (``strip_provenance``).
 
 Public API
 ----------
-PLANNED                          the notebooks of the study in order, with what each shows
-built_notebooks() -> list[Path]  the source notebooks present in notebooks/
-describe_chain() -> str          built vs planned, one line each
-run_chain(model, smoke, only) -> int   run the chain; returns a process exit code
-kernel_name() -> str             the Jupyter kernel the chain uses
+PLANNED                              the notebooks of the study in order, with what each shows
+built_notebooks() -> list[Path]      the source notebooks present in notebooks/
+describe_chain() -> str              built vs planned, one line each
+notebook_parameters(nb) -> dict      the notebook's parameters: name -> (type name, default, help)
+check_parameters(params, nbs)        raise ChainParameterError for an unknown name or a value of the wrong type
+parse_parameter(text) -> (name, value)   ``"n_test=200"`` -> ``("n_test", 200)`` (Python literals; else a string)
+run_chain(model, smoke, only, force, params) -> int   run the chain; returns a process exit code
+kernel_name() -> str                 the Jupyter kernel the chain uses
+model_identity(model) -> dict        the model's name, folder and weights sha256 (or how it was built)
+strip_provenance(doc) -> doc         a results document without its provenance block (for comparisons)
 store_checked_outputs(model) -> list[str]   copy the outputs of ``# NBVAL_CHECK_OUTPUT`` cells from the
-                                 executed copies into the source notebooks (after a deliberate change)
+                                     executed copies into the source notebooks (after a deliberate change)
 
 Example::
 
-    run_chain(model="tiny", smoke=True)
+    run_chain(model="tiny", smoke=True)                 # resumes where a killed run stopped
+    run_chain(model="tiny", params={"n_test": 200}, force=True)
 """
 
 from __future__ import annotations
 
+import ast
+import hashlib
 import json
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
-from .paths import figures_dir, notebooks_dir, repo_root
+from .paths import atomic_write_text, figures_dir, notebooks_dir, output_root, repo_root, results_dir
 
-__all__ = ["PLANNED", "built_notebooks", "describe_chain", "run_chain", "kernel_name", "store_checked_outputs"]
+__all__ = ["PLANNED", "built_notebooks", "describe_chain", "run_chain", "kernel_name", "store_checked_outputs",
+           "notebook_parameters", "check_parameters", "parse_parameter", "ChainParameterError", "model_identity",
+           "strip_provenance", "STATE_FILE", "PROVENANCE_FILE"]
 
 PLANNED: tuple[tuple[str, str], ...] = (
     ("00_model", "the default model: its card and baseline modality-following ratios"),
@@ -43,12 +67,24 @@ PLANNED: tuple[tuple[str, str], ...] = (
     ("07_explorer", "interactive explorer (ipywidgets)"),
 )
 
+STATE_FILE = "chain_state.json"
+PROVENANCE_FILE = "PROVENANCE.json"
+_STATE_VERSION = 1
+# Files of the output folders that are the chain's own bookkeeping, never a notebook's output.
+_BOOKKEEPING = {STATE_FILE, PROVENANCE_FILE, "chain_timings.json"}
+
+
+class ChainParameterError(ValueError):
+    """A chain parameter that no notebook takes, or a value of the wrong type."""
+
 
 def _rel(p: Path) -> str:
-    try:
-        return str(p.relative_to(repo_root()))
-    except ValueError:
-        return str(p)
+    for base in (output_root(), repo_root()):
+        try:
+            return str(p.relative_to(base))
+        except ValueError:
+            continue
+    return str(p)
 
 
 def built_notebooks() -> list[Path]:
@@ -73,50 +109,337 @@ def kernel_name() -> str:
     return "mfutils" if "mfutils" in specs else "python3"
 
 
-def run_chain(model: str = "tiny", smoke: bool = False, only: Sequence[str] | None = None) -> int:
-    """Execute the built notebooks in order; stop at the first failure (its executed copy shows where)."""
+# ------------------------------------------------------------------------------------------------
+# Parameters
+# ------------------------------------------------------------------------------------------------
+def notebook_parameters(nb: Path) -> dict[str, dict[str, str]]:
+    """The ``parameters`` cell of ``nb``: name -> {"type": inferred type name, "default": ..., "help": ...}.
+
+    Example::
+
+        notebook_parameters(Path("notebooks/03_head_identification.ipynb"))["share"]["type"]   # 'float'
+    """
     import papermill as pm
+
+    return {name: {"type": str(p.get("inferred_type_name", "None")), "default": str(p.get("default", "")),
+                   "help": str(p.get("help", ""))} for name, p in pm.inspect_notebook(str(nb)).items()}
+
+
+def _type_ok(value: Any, type_name: str) -> bool:
+    t = type_name.replace(" ", "")
+    if t in ("None", "", "Any"):
+        return True
+    options = [o for o in t.replace("Optional[", "").rstrip("]").split("|")] if "|" in t or "Optional" in t else [t]
+    for o in options:
+        if o == "None" and value is None:
+            return True
+        if o == "bool" and isinstance(value, bool):
+            return True
+        if o == "int" and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if o == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True
+        if o == "str" and isinstance(value, str):
+            return True
+        if o.startswith(("list", "tuple")) and isinstance(value, (list, tuple)):
+            return True
+        if o.startswith("dict") and isinstance(value, dict):
+            return True
+    return False
+
+
+def check_parameters(params: Mapping[str, Any], notebooks: Sequence[Path]) -> None:
+    """Raise ``ChainParameterError`` if a parameter is taken by no notebook of ``notebooks`` or has a value
+    whose type differs from the type hint of the ``parameters`` cell of a notebook that takes it.
+
+    Example::
+
+        check_parameters({"share": "big"}, built_notebooks())   # ChainParameterError naming share and float
+    """
+    known: dict[str, list[tuple[str, str]]] = {}
+    for nb in notebooks:
+        for name, p in notebook_parameters(nb).items():
+            known.setdefault(name, []).append((nb.stem, p["type"]))
+    for name, value in params.items():
+        if name not in known:
+            raise ChainParameterError(
+                f"no notebook of the chain takes a parameter {name!r}. Known parameters: {', '.join(sorted(known))} "
+                "(see `papermill --help-notebook notebooks/<notebook>.ipynb`)")
+        for stem, type_name in known[name]:
+            if not _type_ok(value, type_name):
+                raise ChainParameterError(
+                    f"parameter {name}={value!r} is a {type(value).__name__}, but notebook {stem} declares "
+                    f"{name}: {type_name}. Pass a {type_name}, e.g. -p {name}=<{type_name} literal> "
+                    "(strings need no quotes; numbers and True/False are read as Python literals)")
+
+
+def parse_parameter(text: str) -> tuple[str, Any]:
+    """``"name=value"`` -> ``(name, value)``; the value is a Python literal when it parses as one, else a string.
+
+    Example::
+
+        parse_parameter("share=0.1")   # ('share', 0.1)
+    """
+    if "=" not in text:
+        raise ChainParameterError(f"parameter {text!r} must look like name=value, e.g. -p share=0.1")
+    name, raw = text.split("=", 1)
+    name = name.strip()
+    if not name.isidentifier():
+        raise ChainParameterError(f"parameter name {name!r} in {text!r} is not a valid Python name")
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    return name, value
+
+
+# ------------------------------------------------------------------------------------------------
+# Fingerprints, outputs, provenance
+# ------------------------------------------------------------------------------------------------
+def _sha256(path: Path) -> str:
+    from .provenance import sha256_file
+
+    return sha256_file(path)
+
+
+def _source_fingerprint(nb: Path) -> str:
+    """Hash of the code and markdown sources of ``nb`` (outputs and execution counts ignored)."""
+    import nbformat
+
+    book = nbformat.read(nb, as_version=4)
+    h = hashlib.sha256()
+    for cell in book.cells:
+        h.update(cell.cell_type.encode())
+        h.update(b"\0")
+        h.update(cell.source.encode())
+        h.update(b"\0")
+        h.update(json.dumps(sorted(cell.get("metadata", {}).get("tags", []))).encode())
+    return h.hexdigest()
+
+
+def _code_fingerprint() -> str:
+    """Hash of the mfutils package sources: a change in the code that computes results invalidates them."""
+    h = hashlib.sha256()
+    pkg = Path(__file__).resolve().parent
+    for p in sorted(pkg.glob("*.py")):
+        h.update(p.name.encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def model_identity(model: str) -> dict[str, Any]:
+    """What a result was computed with: ``{"name", "path", "weights": {file: sha256}}`` for a checkpoint
+    folder, ``{"name", "built": ...}`` for a random model (no file). Never loads the model.
+
+    Example::
+
+        model_identity("tiny")["weights"]["model.safetensors"][:12]
+    """
+    if model.startswith("random:"):
+        return {"name": model, "built": "random initialisation, seed 0, in mfutils.models.random_model (no file)"}
+    from .models import _resolve_path  # the same resolution load_model uses (local only, never a download)
+
+    path = _resolve_path(model)
+    weights = {p.name: _sha256(p) for p in sorted(path.glob("*.safetensors"))} or \
+              {p.name: _sha256(p) for p in sorted(path.glob("*.bin"))}
+    return {"name": model, "path": str(path), "weights": weights}
+
+
+def _dataset_identity(model: str) -> dict[str, Any] | None:
+    path = results_dir(model, create=False) / "data_manifest.json"
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    splits = manifest.get("splits", {})
+    return {"manifest": _rel(path), "dataset_version": manifest.get("dataset_version"),
+            "splits": {k: {kk: v.get(kk) for kk in ("n", "seed", "sha256") if kk in v} for k, v in splits.items()}}
+
+
+def strip_provenance(doc: Any) -> Any:
+    """``doc`` without its top-level ``"provenance"`` block (what differs between two identical runs)."""
+    if isinstance(doc, dict):
+        return {k: v for k, v in doc.items() if k != "provenance"}
+    return doc
+
+
+def _snapshot(dirs: Sequence[Path]) -> dict[Path, tuple[int, int]]:
+    snap: dict[Path, tuple[int, int]] = {}
+    for d in dirs:
+        if d.exists():
+            for p in d.rglob("*"):
+                if p.is_file() and p.name not in _BOOKKEEPING and ".partial" not in p.name:
+                    st = p.stat()
+                    snap[p] = (st.st_mtime_ns, st.st_size)
+    return snap
+
+
+def _read_state(path: Path, model: str) -> dict[str, Any]:
+    if path.exists():
+        try:
+            state = json.loads(path.read_text())
+            if state.get("version") == _STATE_VERSION and state.get("model") == model:
+                return state
+        except json.JSONDecodeError:
+            pass
+    return {"version": _STATE_VERSION, "model": model, "notebooks": {}}
+
+
+def _outputs_intact(record: Mapping[str, Any]) -> tuple[bool, str]:
+    root = output_root()
+    for rel, sha in record.get("outputs", {}).items():
+        p = root / rel
+        if not p.exists():
+            return False, f"output {rel} is missing"
+        if _sha256(p) != sha:
+            return False, f"output {rel} changed since it was written"
+    return True, ""
+
+
+def _stamp_outputs(outputs: Sequence[Path], provenance: Mapping[str, Any], executed: Path) -> None:
+    """Add the provenance block to JSON results (atomically) and to the executed notebook's metadata."""
+    import nbformat
+
+    for p in outputs:
+        if p.suffix == ".json" and p.name not in _BOOKKEEPING:
+            try:
+                doc = json.loads(p.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue
+            if isinstance(doc, dict):
+                doc["provenance"] = dict(provenance)
+                atomic_write_text(p, json.dumps(doc, indent=1, allow_nan=False))
+    if executed.exists():
+        book = nbformat.read(executed, as_version=4)
+        book.metadata["mfutils"] = dict(provenance)
+        atomic_write_text(executed, nbformat.writes(book))
+
+
+# ------------------------------------------------------------------------------------------------
+# The chain
+# ------------------------------------------------------------------------------------------------
+def run_chain(model: str = "tiny", smoke: bool = False, only: Sequence[str] | None = None, force: bool = False,
+              params: Mapping[str, Any] | None = None) -> int:
+    """Execute the built notebooks in order, skipping those whose inputs and outputs are unchanged since
+    their last complete run (unless ``force``); stop at the first failure (its executed copy shows where).
+
+    ``only``: notebook name prefixes to run (others are neither run nor skipped-checked). ``params``: extra
+    papermill parameters, checked against each notebook's ``parameters`` cell before anything runs.
+    """
+    import papermill as pm
+
+    from .provenance import environment
 
     nbs = built_notebooks()
     if only:
         nbs = [p for p in nbs if any(p.stem.startswith(o) for o in only)]
-    out_dir = figures_dir(model) / "notebooks"
+    parameters: dict[str, Any] = {"model": model, "smoke": bool(smoke), **dict(params or {})}
+    check_parameters(parameters, nbs)
+    identity = model_identity(model)  # fails early, with the fix, for an unknown or missing model
+    fig_dir, res_dir = figures_dir(model), results_dir(model)
+    out_dir = fig_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
+    state_path = res_dir / STATE_FILE
+    state = {"version": _STATE_VERSION, "model": model, "notebooks": {}} if force else _read_state(state_path, model)
     print(describe_chain(), flush=True)
     kernel = kernel_name()
+    code_fp = _code_fingerprint()
+    env = environment()
     timings: dict[str, float] = {}
+    previous_fp = ""
+    must_run = bool(force)
+    skipped: list[str] = []
     for nb in nbs:
         dst = out_dir / nb.name
+        nb_params = {k: v for k, v in parameters.items() if k in notebook_parameters(nb)}
+        inputs = {"source": _source_fingerprint(nb), "params": nb_params, "code": code_fp, "model": identity,
+                  "previous": previous_fp}
+        parts = {k: hashlib.sha256(json.dumps(v, sort_keys=True, default=str).encode()).hexdigest()
+                 for k, v in inputs.items()}
+        fp = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+        previous_fp = fp
+        record = state["notebooks"].get(nb.stem)
+        if not must_run:
+            if record is None:
+                reason = "no record of a complete run"
+            elif record.get("fingerprint") != fp:
+                names = {"source": "its source cells", "params": "its parameters", "code": "the mfutils code",
+                         "model": "the model", "previous": "an earlier notebook's inputs"}
+                changed = [names[k] for k, v in parts.items() if record.get("inputs", {}).get(k) != v]
+                reason = " and ".join(changed or ["its inputs"]) + " changed"
+            else:
+                ok, reason = _outputs_intact(record)
+                if ok:
+                    skipped.append(nb.stem)
+                    print(f"\n--  {nb.name}: SKIPPED, unchanged since its complete run of "
+                          f"{record.get('finished', '?')} ({len(record.get('outputs', {}))} outputs verified by sha256)",
+                          flush=True)
+                    continue
+            must_run = True
+            print(f"\n    resuming at {nb.name}: {reason}", flush=True)
+        # invalidate this notebook's record and every later one before running it
+        stems = [p.stem for p in nbs]
+        for later in stems[stems.index(nb.stem):]:
+            state["notebooks"].pop(later, None)
+        atomic_write_text(state_path, json.dumps(state, indent=1))
+
         print(f"\n==> {nb.name}  (model={model}, smoke={smoke}, kernel={kernel}) -> {_rel(dst)}", flush=True)
+        before = _snapshot([fig_dir, res_dir])
         t0 = time.time()
         try:
-            pm.execute_notebook(str(nb), str(dst), parameters={"model": model, "smoke": bool(smoke)},
-                                kernel_name=kernel, cwd=str(notebooks_dir()), progress_bar=False,
-                                log_output=False)
+            pm.execute_notebook(str(nb), str(dst), parameters=nb_params, kernel_name=kernel,
+                                cwd=str(notebooks_dir()), progress_bar=False, log_output=False)
         except pm.PapermillExecutionError as exc:
             print(f"FAILED in {nb.name}: {exc.ename}: {exc.evalue}\n  see the executed copy {dst}", file=sys.stderr)
             return 1
-        timings[nb.stem] = round(time.time() - t0, 1)
-        print(f"    done in {timings[nb.stem]} s", flush=True)
+        wall = round(time.time() - t0, 1)
+        timings[nb.stem] = wall
+        after = _snapshot([fig_dir, res_dir])
+        outputs = sorted(p for p, sig in after.items() if before.get(p) != sig)
+        provenance = {"notebook": nb.name, "parameters": nb_params, "model": identity,
+                      "dataset": _dataset_identity(model), "git_commit": env["git_commit"],
+                      "packages": env["packages"], "python": env["python"], "platform": env["platform"],
+                      "torch_threads": env["torch_threads"], "wall_s": wall,
+                      "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        _stamp_outputs(outputs, provenance, dst)
+        state["notebooks"][nb.stem] = {"fingerprint": fp, "inputs": parts, "finished": provenance["finished"], "wall_s": wall,
+                                       "outputs": {_rel(p): _sha256(p) for p in outputs if p.exists()}}
+        atomic_write_text(state_path, json.dumps(state, indent=1))
+        print(f"    done in {wall} s ({len(outputs)} files written)", flush=True)
+
+    _write_provenance_index(res_dir, state, identity, env)
     timings_path = out_dir / "chain_timings.json"
-    if only and timings_path.exists():  # a partial rerun updates the timings of the notebooks it ran
+    if timings_path.exists():  # a partial or resumed run keeps the timings of the notebooks it did not run
         previous = json.loads(timings_path.read_text())
         if previous.get("smoke") == smoke:
-            timings = {**previous["seconds"], **timings}
-    timings_path.write_text(json.dumps({"model": model, "smoke": smoke, "seconds": timings}, indent=1))
+            timings = {**previous.get("seconds", {}), **timings}
+    atomic_write_text(timings_path, json.dumps({"model": model, "smoke": smoke, "seconds": timings}, indent=1))
     built = {p.stem for p in built_notebooks()}
     missing = [s for s, _ in PLANNED if s not in built]
-    print(f"\nran {len(timings)} notebook(s) in {sum(timings.values()):.0f} s; executed copies in {_rel(out_dir)}")
+    ran = len(nbs) - len(skipped)
+    print(f"\nran {ran} notebook(s), skipped {len(skipped)} unchanged"
+          + (f" ({', '.join(skipped)}; make reproduce FORCE=1 recomputes them)" if skipped else "")
+          + f"; executed copies in {_rel(out_dir)}")
     if missing:
         print("NOT BUILT YET (nothing was run or reported for them): " + ", ".join(missing))
-    try:
-        from .report import write_report
-    except ImportError:
-        print("paper/REPORT.md was NOT written: the claims report (mfutils.report) is not built yet.")
-    else:
-        path = write_report(model)
-        print(f"wrote {_rel(path)}")
+    from .report import write_report
+
+    path = write_report(model)
+    print(f"wrote {_rel(path)}")
     return 0
+
+
+def _write_provenance_index(res_dir: Path, state: Mapping[str, Any], identity: Mapping[str, Any],
+                            env: Mapping[str, Any]) -> None:
+    files = {rel: {"sha256": sha, "notebook": stem}
+             for stem, rec in state["notebooks"].items() for rel, sha in rec.get("outputs", {}).items()}
+    doc = {"model": identity, "git_commit": env["git_commit"], "packages": env["packages"],
+           "notebooks": {stem: {"finished": rec.get("finished"), "wall_s": rec.get("wall_s")}
+                         for stem, rec in state["notebooks"].items()},
+           "files": dict(sorted(files.items()))}
+    atomic_write_text(res_dir / PROVENANCE_FILE, json.dumps(doc, indent=1))
 
 
 _MARK = "# NBVAL_CHECK_OUTPUT"

@@ -7,15 +7,22 @@ output_root() -> Path               where figures/ and results/ go: repo_root(),
 checkpoint_dir(name="tiny-llava")   the shipped tiny model's folder
 figures_dir(model) / results_dir(model)   per-model output folders (created on demand)
 model_slug(model) -> str            a file-system-safe name for a model ("random:llava" -> "random-llava")
+atomic_output(path)                 context manager: write to a temporary sibling, rename over ``path`` on success
+atomic_write_text(path, text)       write a text file atomically (a kill never leaves it half-written)
+atomic_write_bytes(path, data)      the same for bytes
 """
 
 from __future__ import annotations
 
 import os
 import re
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["repo_root", "output_root", "checkpoint_dir", "figures_dir", "results_dir", "model_slug", "notebooks_dir"]
+__all__ = ["repo_root", "output_root", "checkpoint_dir", "figures_dir", "results_dir", "model_slug", "notebooks_dir",
+           "atomic_output", "atomic_write_text", "atomic_write_bytes"]
 
 
 def repo_root() -> Path:
@@ -55,3 +62,46 @@ def results_dir(model: str, create: bool = True) -> Path:
     if create:
         p.mkdir(parents=True, exist_ok=True)
     return p
+
+
+@contextmanager
+def atomic_output(path: Path | str) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on a clean exit it is renamed over ``path`` (``os.replace`` is
+    atomic on one file system), on an exception it is deleted. A reader never sees a half-written file, and
+    a run killed mid-write leaves the previous version (or nothing) in place.
+
+    Example::
+
+        with atomic_output("results/tiny/x.npz") as tmp:
+            np.savez(tmp, a=a)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".partial{path.suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (see ``atomic_output``); returns the path."""
+    with atomic_output(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    return Path(path)
+
+
+def atomic_write_text(path: Path | str, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically; returns the path.
+
+    Example::
+
+        atomic_write_text(results_dir("tiny") / "doc.json", json.dumps(doc))
+    """
+    return atomic_write_bytes(path, text.encode("utf-8"))
