@@ -1,5 +1,6 @@
 # Thin front for `python -m mfutils` (the `mf` command). Every target creates .venv on first use.
-# Usage: make reproduce [MODEL=tiny] [SMOKE=1]   make test   make retrain   make lab   make venv
+# Usage: make reproduce [MODEL=tiny] [SMOKE=1] [FORCE=1] [DATASET=mc2 MC2_JSON=file COCO_ROOT=dir]
+#        make test   make bench   make retrain   make lab   make venv
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -7,11 +8,15 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 MODEL ?= tiny
 SMOKE ?= 0
+FORCE ?= 0
+DATASET ?=
+MC2_JSON ?=
+COCO_ROOT ?=
 export OMP_WAIT_POLICY ?= PASSIVE
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: venv reproduce test retrain lab eval info clean-results
+.PHONY: venv reproduce test bench browser retrain lab eval info clean-results
 
 venv: $(STAMP)
 
@@ -24,13 +29,26 @@ $(STAMP): pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name mfutils --display-name "Python (mfutils)" >/dev/null
 	touch $(STAMP)
 
+# Resumes: notebooks whose inputs and outputs are unchanged since their last complete run are skipped
+# (and named); FORCE=1 recomputes everything.
 reproduce: $(STAMP)
-	$(PY) -m mfutils reproduce --model $(MODEL) $(if $(filter 1,$(SMOKE)),--smoke,)
+	$(PY) -m mfutils reproduce --model $(MODEL) $(if $(filter 1,$(SMOKE)),--smoke,) \
+		$(if $(filter 1,$(FORCE)),--force,) $(if $(DATASET),--dataset $(DATASET),) \
+		$(if $(MC2_JSON),--mc2-json $(MC2_JSON),) $(if $(COCO_ROOT),--coco-root $(COCO_ROOT),)
 
 # Unit, property, architecture and chain tests, then every notebook at its default parameters (nbval).
 # Outputs go to a temporary folder (MF_OUT), never over figures/ and results/.
-test: $(STAMP)
+test: $(STAMP) browser
 	MF_OUT=$$(mktemp -d) $(PY) -m pytest -q tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
+
+# Debian's chromium for the end-to-end browser test of the explorer (installed once; never a browser download
+# by playwright itself).
+browser:
+	@.ci/install-browser || echo "browser: could not install chromium; tests/test_browser.py will skip and say why"
+
+# Fast ways against their plain twins, measured in one run; writes benchmarks/RESULTS.md.
+bench: $(STAMP)
+	$(PY) -m benchmarks.run --out benchmarks/RESULTS.md
 
 retrain: $(STAMP)
 	$(PY) -m mfutils train
