@@ -1,4 +1,5 @@
-"""The whole chain end to end with smoke=True: on the default model and on a random Qwen2.5-VL."""
+"""The whole chain end to end with smoke=True: on the default model and on the tiny random model of every
+architecture adapter (random weights: smoke only; they test the code path, not the claims)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from mfutils.chain import PLANNED, built_notebooks, run_chain
 from mfutils.paths import checkpoint_dir, model_slug
 
 
-@pytest.mark.parametrize("model", ["tiny", "random:qwen2_5_vl"])
+@pytest.mark.parametrize("model", ["tiny", "random:llava", "random:qwen2_vl", "random:qwen2_5_vl", "random:internvl"])
 def test_chain_smoke(model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     if model == "tiny" and not (checkpoint_dir() / "model.safetensors").exists():
         pytest.fail("the shipped model checkpoints/tiny-llava is missing: run `make retrain`")
