@@ -17,7 +17,7 @@ knockout_explorer(mm, samples, edge=("image", "last"), window=None) -> KnockoutE
     source -> target group dropdowns and a layer-window slider; the candidate distribution and the margin
     under the knockout next to the (cached) unhooked run. API: ``.set_edge(src, dst)``, ``.set_window(lo, hi)``,
     ``.set_sample(i)``, ``.margin``, ``.base_margin``, ``.margin_label`` (class ``mf-margin``).
-head_board(mm, scores, samples, batch, identified=None) -> HeadBoard
+head_board(mm, scores, samples, batch, identified=None, score_source=...) -> HeadBoard
     a layer x head grid of buttons coloured by head scores (notebook 03); a click cycles
     normal -> blocked -> amplified (alpha slider) -> normal. MFR on the fixed ``batch`` (with its sample
     count and 95% interval) and the chosen sample's answer update. API: ``.set_state(head, state)``,
@@ -468,7 +468,7 @@ class HeadBoard(widgets.VBox):
 
     def __init__(self, mm: MLLM, scores: Any, samples: Sequence[Any], batch: Sequence[Any],
                  identified: Sequence[Head] | None = None, alpha: float = 4.0, debounce_s: float = 0.3,
-                 batch_size: int = 64) -> None:
+                 batch_size: int = 64, score_source: str = "head score of notebook 03") -> None:
         from .heads import top_heads
 
         self.mm, self.samples, self.batch = mm, list(samples), list(batch)
@@ -492,8 +492,9 @@ class HeadBoard(widgets.VBox):
         self.alpha.add_class("mf-alpha")
         self.positions = widgets.Dropdown(options=[("every position", "all"), ("answer position only", "last")],
                                           value="all", description="scale at")
-        self.reset_button = widgets.Button(description="reset all heads")
-        self.block_identified_button = widgets.Button(description=f"block the {len(self.identified)} identified")
+        self.reset_button = widgets.Button(description="reset all heads", layout=widgets.Layout(width="160px"))
+        self.block_identified_button = widgets.Button(description=f"block the {len(self.identified)} identified heads",
+                                                      layout=widgets.Layout(width="240px"))
         self.block_identified_button.add_class("mf-block-identified")
         self.buttons: dict[Head, widgets.Button] = {}
         bg, fg = _score_colours(self.scores)
@@ -512,6 +513,7 @@ class HeadBoard(widgets.VBox):
                     b.add_class("mf-identified")
                 b.on_click(lambda _b, head=(l, h): self.click(head))
                 self.buttons[(l, h)] = b
+                cells.append(b)
         self.grid = widgets.GridBox(cells, layout=widgets.Layout(
             grid_template_columns=f"40px repeat({H}, 46px)", grid_gap="2px"))
         self.grid.add_class("mf-grid")
@@ -525,7 +527,7 @@ class HeadBoard(widgets.VBox):
         self.summary: dict[str, Any] = {}
         self.base_summary: dict[str, Any] = {}
         legend = widgets.HTML(
-            "<div style='font-size:12px'>colour: head score of notebook 03 (red supports following the instruction, "
+            f"<div style='font-size:12px'>colour: {html.escape(score_source)} (red supports following the instruction, "
             "blue opposes; sqrt scale); click: normal &rarr; <b>\u2715 blocked</b> (alpha 0) &rarr; "
             "<b>\u25b2 amplified</b> (alpha slider) &rarr; normal; outlined in green: the identified heads</div>")
         self._debounced = _Debounce(self._update, debounce_s)
@@ -669,21 +671,23 @@ class HeadBoard(widgets.VBox):
 
 
 def head_board(mm: MLLM, scores: Any, samples: Sequence[Any], batch: Sequence[Any],
-               identified: Sequence[Head] | None = None, alpha: float = 4.0, debounce_s: float = 0.3) -> HeadBoard:
+               identified: Sequence[Head] | None = None, alpha: float = 4.0, debounce_s: float = 0.3,
+               score_source: str = "head score of notebook 03") -> HeadBoard:
     """A layer x head grid of buttons coloured by ``scores`` ([n_layers, n_heads], notebook 03); a click cycles
     a head normal -> blocked (alpha 0) -> amplified (alpha slider) -> normal through ``hooks.scale_heads``.
 
     Readouts: MFR on the fixed ``batch`` (world samples; rate = k/n with a Wilson 95% interval, overall and per
     instruction; each head setting is computed once and cached) and the answer of the sample chosen from
-    ``samples``. ``identified`` (default: ``heads.top_heads(scores)``) are outlined. Clicks recompute after a
-    ``debounce_s`` pause on the kernel's event loop; ``set_state``/``block``/``reset`` recompute at once.
+    ``samples``. ``identified`` (default: ``heads.top_heads(scores)``) are outlined; ``score_source`` names the
+    scores in the legend. Clicks recompute after a ``debounce_s`` pause on the kernel's event loop;
+    ``set_state``/``block``/``amplify``/``reset`` recompute at once.
 
     Example::
 
         hb = head_board(mm, ident["scores_exhaustive"], failed, test[:64], ident["identified"])
         hb.block(hb.identified); hb.mfr["rate"], hb.base_mfr["rate"]
     """
-    return HeadBoard(mm, scores, samples, batch, identified, alpha, debounce_s)
+    return HeadBoard(mm, scores, samples, batch, identified, alpha, debounce_s, score_source=score_source)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -91,6 +91,9 @@ def test_head_board_click_cycles_state_and_moves_mfr(mm, samples, batch) -> None
     scores = torch.zeros(mm.n_layers, mm.n_heads)
     hb = widgets.head_board(mm, scores, samples, batch, identified=ident)
     assert hb.mfr == hb.base_mfr and hb.state == {}
+    shown = [w for w in hb.grid.children if w in hb.buttons.values()]
+    assert len(shown) == mm.n_layers * mm.n_heads                                      # every head is on the grid
+    assert {h for h, b in hb.buttons.items() if "mf-identified" in b._dom_classes} == set(ident)
     assert f"{hb.base_mfr['k']}/{hb.base_mfr['n']} samples" in hb.mfr_label.value      # rates carry their counts
     label = hb.mfr_label.value
     head = ident[0]
