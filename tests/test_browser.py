@@ -80,10 +80,10 @@ def _write_lab_home(home: Path) -> dict[str, str]:
     }.items():
         (settings / rel).parent.mkdir(parents=True, exist_ok=True)
         (settings / rel).write_text(json.dumps(value))
-    for d in ("config", "runtime", "workspaces"):
+    for d in ("config", "runtime", "data", "workspaces"):
         (home / d).mkdir()
     return {"JUPYTER_PATH": str(home / "share" / "jupyter"), "JUPYTER_CONFIG_DIR": str(home / "config"),
-            "JUPYTER_RUNTIME_DIR": str(home / "runtime")}
+            "JUPYTER_RUNTIME_DIR": str(home / "runtime"), "JUPYTER_DATA_DIR": str(home / "data")}
 
 
 @pytest.fixture
