@@ -509,6 +509,9 @@ class PrefixTrace:
         p0 = 0 if rows_from is None else int(rows_from)
         if not 0 <= p0 <= int(self.last.min()):
             raise ValueError(f"rows_from={p0} must lie in 0..{int(self.last.min())} (the first answer position)")
+        if block is not None and bool(block[:, :p0].any()):
+            raise ValueError(f"the cut removes edges of query rows before rows_from={p0}, which would not be "
+                             "recomputed: leave rows_from=None (the first cut query) or lower it")
         if p0 > 0 and not self.keys:
             raise ValueError("rows_from > 0 needs the clean keys and values: record with prefix_trace(..., keep_kv=True)")
         h = _repeat_rows(self.hidden[start][:, p0:], B, R)

@@ -318,6 +318,9 @@ def test_prefix_trace_rejects_bad_windows_and_rows(mm_arch: MLLM, prompts: list[
         trace.rerun(L)
     with pytest.raises(ValueError, match="rows_from"):
         trace.rerun(0, rows_from=int(trace.last.min()) + 1)
+    with pytest.raises(ValueError, match="before rows_from"):
+        trace.rerun(0, 1, cut=edge_block(enc.groups, "image", ["instruction", "last"]),
+                    rows_from=int(trace.last.min()))
     with pytest.raises(ValueError, match=r"BoolTensor \[B, T, T\]"):
         trace.rerun(0, 1, cut=edge_block(enc.groups, "image", "last")[:2])
     slim = prefix_trace(mm_arch, enc, keep_kv=False)
