@@ -33,20 +33,34 @@ EVAL_CATEGORIES = ("follow_image", "follow_text", "image_only", "text_only", "ag
 
 
 def candidate_ids(mm: MLLM, words: Sequence[str]) -> list[int]:
-    """Token ids of one-token answer words; a clear error if a word is not a single token.
+    """One token id per answer word, [len(words)]: the word's token when it is one token (the tiny world), else
+    the first token of the word as it follows the prompt (``metrics.first_token_ids``; real tokenizers and MC2
+    answers). Raises a clear error if two words of the list would get the same id.
 
-    Called once per sample on hot paths, so the tokenisation of each word list is cached per tokenizer."""
-    return list(_candidate_ids(mm.tokenizer, mm.name, tuple(words)))
+    Called once per sample on hot paths, so the lookup of each word list is cached per tokenizer.
+
+    Example::
+
+        candidate_ids(mm, ["red", "green"])          # [id_red, id_green]
+    """
+    ids = list(_candidate_ids(mm.tokenizer, mm.name, tuple(words)))
+    if any(i is None for i in ids):
+        from .metrics import first_token_ids
+
+        ids = [i if i is not None else first_token_ids(mm, [w])[0] for i, w in zip(ids, words)]
+    if len(set(ids)) != len(ids):
+        dup = [w for w, i in zip(words, ids) if ids.count(i) > 1]
+        raise ValueError(f"answer words {dup} start with the same token for {mm.name!r}, so they cannot be told apart "
+                         "by the answer position's logits; use words with distinct first tokens")
+    return ids  # type: ignore[return-value]
 
 
 @lru_cache(maxsize=256)
-def _candidate_ids(tokenizer: Any, name: str, words: tuple[str, ...]) -> tuple[int, ...]:
-    ids = []
+def _candidate_ids(tokenizer: Any, name: str, words: tuple[str, ...]) -> tuple[int | None, ...]:
+    ids: list[int | None] = []
     for w in words:
         toks = tokenizer(" " + w, add_special_tokens=False)["input_ids"]
-        if len(toks) != 1:
-            raise ValueError(f"answer word {w!r} is {len(toks)} tokens for {name!r}; the tiny world needs one")
-        ids.append(int(toks[0]))
+        ids.append(int(toks[0]) if len(toks) == 1 else None)     # None: resolved by its first token
     return tuple(ids)
 
 
