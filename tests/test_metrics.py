@@ -49,3 +49,42 @@ def test_answer_logits_find_the_answer_position_with_answers_appended() -> None:
     assert torch.allclose(plain, forced, atol=1e-5)
     t = targets_for(mm, samples)
     assert len(t) == 4 and all(len(p) == 1 for p in t.pos)
+
+
+def test_targets_for_mixes_world_and_candidate_list_samples() -> None:
+    """World samples keep their one-token targets; MC2 samples get the candidate-list ones, in order."""
+    import numpy as np
+
+    from mfutils import mc2
+    from mfutils.metrics import targets_from_candidates
+
+    mm = random_model("qwen2_vl", n_layers=1)
+    world = make_samples(2, 3, ["follow_image", "follow_text"])
+    rec = {"image_id": "7", "task": "color", "question": "what color is the object ?", "answer_vision": "red",
+           "answer_text": "cyan", "context": "the object is a cyan star ."}
+    mc = mc2.record_samples([rec], [np.zeros((64, 64, 3), dtype=np.uint8)])
+    mixed = targets_for(mm, [world[0], mc[0], world[1], mc[1]])
+    alone_w, alone_m = targets_for(mm, world), targets_from_candidates(mm, mc)
+    assert [mixed.pos[i] for i in (0, 2)] == alone_w.pos and [mixed.pos[i] for i in (1, 3)] == alone_m.pos
+    assert [mixed.neg[i] for i in (0, 2)] == alone_w.neg and [mixed.neg[i] for i in (1, 3)] == alone_m.neg
+    tid = mm.tokenizer.convert_tokens_to_ids
+    assert mixed.pos[1] == [tid("red")] and mixed.neg[1] == [tid("cyan")]        # "Red"/"Cyan" are unknown words
+    assert mixed.pos[3] == [tid("cyan")] and mixed.answer_set is not None and mixed.answer_set[3] == [0]
+    logits = torch.zeros(4, len(mm.tokenizer))
+    logits[1, tid("red")] = 3.0
+    logits[3, tid("red")] = 3.0
+    logits[[0, 2], torch.tensor([alone_w.pos[0][0], alone_w.pos[1][0]])] = 3.0
+    assert follows(logits, mixed).tolist() == [True, True, True, False]
+
+
+def test_candidate_ids_of_multi_token_words_use_the_first_token() -> None:
+    from mfutils.evaluate import candidate_ids
+    from mfutils.metrics import first_token_ids
+
+    mm = random_model("llava", n_layers=1)
+    assert candidate_ids(mm, ["red", "green"]) == [mm.tokenizer.convert_tokens_to_ids(w) for w in ("red", "green")]
+    assert candidate_ids(mm, ["red star", "blue"]) == [first_token_ids(mm, ["red"])[0], first_token_ids(mm, ["blue"])[0]]
+    import pytest
+
+    with pytest.raises(ValueError, match=r"answer words \['red star', 'red circle'\] start with the same token"):
+        candidate_ids(mm, ["red star", "red circle"])
