@@ -278,11 +278,14 @@ class SampleBrowser(widgets.VBox):
         s = self.samples[i]
         with _busy(self):
             self.image.value = _image_png(s.prompt.image)
-            self.tokens.value = legend_html() + tokens_html(self.mm, self.forwards.enc(i), 0)
+            self.tokens.value = ('<div style="white-space:normal;max-width:760px">' + legend_html()
+                                 + tokens_html(self.mm, self.forwards.enc(i), 0).replace("</span><span", "</span><wbr><span")
+                                 + "</div>")                  # <wbr>: the line may break between tokens
             self.summary = answer_summary(self.mm, s, self.forwards.base(i), self.forwards.targets(i))
             instr = s.prompt.text("instruction")
             self.answers.value = (
-                f"<div><b>instruction</b>: {html.escape(instr) if instr else '(none)'} &nbsp; "
+                f"<div style='white-space:normal;max-width:760px'><b>instruction</b>: "
+                f"{html.escape(instr) if instr else '(none)'} &nbsp; "
                 f"<b>instructed answer</b>: {html.escape(s.answer)} &nbsp; "
                 f"<b>other modality's answer</b>: {html.escape(_other_label(s))}</div>"
                 f"<div>{html.escape(_margin_text(self.summary))}</div>"

@@ -180,6 +180,10 @@ def test_explorer_in_jupyterlab_and_chromium(lab: dict[str, str], tmp_path: Path
             page.screenshot(path=str(shots / "07_explorer_after_run_all.png"))
             assert not errors, f"cells failed in the browser: {errors}"
             assert ran is True
+            for name in ("sample-browser", "attention-view"):       # for a person reading the test's output
+                view = page.locator(f".mf-{name}")
+                view.scroll_into_view_if_needed()
+                view.screenshot(path=str(shots / f"07_explorer_{name.replace('-', '_')}.png"))
 
             # Knockout explorer: drag the lower handle of the layer window to the right.
             margin = page.locator(_MARGIN)
