@@ -64,7 +64,8 @@ PLANNED: tuple[tuple[str, str], ...] = (
     ("04_block_heads", "blocking the top 5% of heads vs random heads (C6, C9)"),
     ("05_amplification", "amplifying the identified heads on failed samples (C8)"),
     ("06_capability_retention", "general capability after blocking (C7)"),
-    ("07_explorer", "interactive explorer (ipywidgets)"),
+    ("07_explorer", "interactive explorer (ipywidgets): sample browser, knockout explorer, head board, attention "
+                    "view; writes no results"),
 )
 
 STATE_FILE = "chain_state.json"
@@ -217,14 +218,26 @@ def _source_fingerprint(nb: Path) -> str:
     return h.hexdigest()
 
 
-def _code_fingerprint() -> str:
-    """Hash of the mfutils package sources: a change in the code that computes results invalidates them."""
+# Modules that compute nothing a results file holds: they count only for the notebooks that use them.
+_INTERACTIVE_MODULES = ("widgets.py",)
+
+
+def _code_fingerprint(include: Sequence[str] = ()) -> str:
+    """Hash of the mfutils package sources: a change in the code that computes results invalidates them.
+    The interactive modules (``widgets.py``) count only where ``include`` names them."""
     h = hashlib.sha256()
     pkg = Path(__file__).resolve().parent
     for p in sorted(pkg.glob("*.py")):
+        if p.name in _INTERACTIVE_MODULES and p.name not in include:
+            continue
         h.update(p.name.encode())
         h.update(p.read_bytes())
     return h.hexdigest()
+
+
+def _uses(nb: Path) -> list[str]:
+    text = nb.read_text()
+    return [m for m in _INTERACTIVE_MODULES if f"mfutils.{m[:-3]}" in text or f"import {m[:-3]}" in text]
 
 
 def model_identity(model: str) -> dict[str, Any]:
@@ -345,7 +358,6 @@ def run_chain(model: str = "tiny", smoke: bool = False, only: Sequence[str] | No
     state = {"version": _STATE_VERSION, "model": model, "notebooks": {}} if force else _read_state(state_path, model)
     print(describe_chain(), flush=True)
     kernel = kernel_name()
-    code_fp = _code_fingerprint()
     env = environment()
     timings: dict[str, float] = {}
     previous_fp = ""
@@ -354,6 +366,7 @@ def run_chain(model: str = "tiny", smoke: bool = False, only: Sequence[str] | No
     for nb in nbs:
         dst = out_dir / nb.name
         nb_params = {k: v for k, v in parameters.items() if k in notebook_parameters(nb)}
+        code_fp = _code_fingerprint(_uses(nb))
         inputs = {"source": _source_fingerprint(nb), "params": nb_params, "code": code_fp, "model": identity,
                   "previous": previous_fp}
         parts = {k: hashlib.sha256(json.dumps(v, sort_keys=True, default=str).encode()).hexdigest()
