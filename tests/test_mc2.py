@@ -208,3 +208,40 @@ def test_manifest_round_trip_with_the_model_filter(records: list[dict[str, str]]
     assert filt["n_kept_records"] < filt["n_records"], "a random model should fail some records"
     cap = load_split("random:llava", "capability")
     assert [s.category for s in cap] == ["image_only", "text_only"] * (len(cap) // 2) + ["image_only"] * (len(cap) % 2)
+
+
+@needs_file
+@pytest.mark.slow
+def test_notebook_chain_on_mc2_with_stand_in_images(records: list[dict[str, str]], tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Notebooks 00-06 with dataset="mc2" (smoke sizes) on a saved random Llava that reads MC2's words, over
+    generated stand-in COCO images: every notebook runs, 01 filters per model, 02-06 read its splits.
+    (Random weights: smoke only. About 2 minutes on 2 cores.)"""
+    import papermill as pm
+
+    from mfutils.chain import kernel_name
+    from mfutils.datasets import manifest_dataset
+    from mfutils.paths import model_slug, notebooks_dir, results_dir
+
+    monkeypatch.setenv("MF_OUT", str(tmp_path / "out"))
+    coco = tmp_path / "coco"
+    coco.mkdir()
+    _write_images(coco, records)
+    words = sorted({w for r in records for k in ("question", "answer_vision", "answer_text", "context")
+                    for w in r[k].split()} | set(" ".join([mc2.FOLLOW_IMAGE, mc2.FOLLOW_TEXT, mc2.CONSTRAINT_OPEN,
+                                                            mc2.SYSTEM_SENTENCE]).split()))
+    mm = random_model("llava", words=words, n_layers=2)
+    ck = tmp_path / "mc2-random-llava"
+    mm.model.save_pretrained(ck)
+    mm.processor.save_pretrained(ck)
+    params = {"model": str(ck), "smoke": True, "dataset": "mc2", "mc2_json": str(SHARED), "coco_root": str(coco)}
+    for nb in sorted(notebooks_dir().glob("0[0-6]_*.ipynb")):
+        out = tmp_path / nb.name
+        pm.execute_notebook(str(nb), str(out), parameters=params, kernel_name=kernel_name(), cwd=str(notebooks_dir()),
+                            progress_bar=False)
+    assert manifest_dataset(str(ck)) == "mc2"
+    res = json.loads((results_dir(str(ck)) / "00_model.json").read_text())
+    assert res["dataset"] == "mc2" and res["accuracy"]["n_records"] == 64
+    for name in ("03_head_identification", "04_block_heads", "05_amplification", "06_capability_retention"):
+        assert (results_dir(str(ck)) / f"{name}.json").exists(), name
+    assert list((tmp_path / "out" / "figures" / model_slug(str(ck))).glob("*.png"))
