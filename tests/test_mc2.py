@@ -245,3 +245,26 @@ def test_notebook_chain_on_mc2_with_stand_in_images(records: list[dict[str, str]
     for name in ("03_head_identification", "04_block_heads", "05_amplification", "06_capability_retention"):
         assert (results_dir(str(ck)) / f"{name}.json").exists(), name
     assert list((tmp_path / "out" / "figures" / model_slug(str(ck))).glob("*.png"))
+
+
+def test_multiple_choice_form_scores_the_option_letters_in_both_orders() -> None:
+    mm = random_model("internvl", words=["A", "B", "what", "color", "?", "red", "blue", "."], n_layers=1)
+    rec = {"image_id": "1", "task": "color", "question": "what color ?", "answer_vision": "red", "answer_text": "blue",
+           "context": "blue ."}
+    samples = mc2.record_samples([rec], [np.zeros((64, 64, 3), dtype=np.uint8)], form="mc")
+    t = targets_for(mm, samples)
+    a, b = mm.tokenizer.convert_tokens_to_ids("A"), mm.tokenizer.convert_tokens_to_ids("B")
+    # (instruction, order) -> the instructed letter: the image's answer is option A in order AB, B in BA
+    want = {("image", "AB"): a, ("image", "BA"): b, ("text", "AB"): b, ("text", "BA"): a}
+    for s, pos, neg in zip(samples, t.pos, t.neg):
+        assert pos == [want[(s.instructed, s.meta["order"])]] and neg == [a + b - pos[0]]
+    enc = encode(mm, [s.prompt for s in samples])
+    assert samples[0].prompt.text("question") == "what color ? A. red B. blue"
+    assert samples[1].prompt.text("question") == "what color ? A. blue B. red"
+    with torch.no_grad():
+        logits = answer_logits(mm, enc).float()
+    logp = torch.log_softmax(logits, -1)
+    m = margins(logits, t)
+    for i, s in enumerate(samples):
+        p_, n_ = t.pos[i][0], t.neg[i][0]
+        assert torch.allclose(m[i], logp[i, p_] - logp[i, n_], atol=1e-5)
