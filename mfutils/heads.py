@@ -19,8 +19,9 @@ publishes only its abstract.
 Performance (design section 4, prefix reuse through ``hooks.PrefixTrace``, checked on every batch with a
 fallback to plain forwards): blocking a head of layer l at the answer position reruns only layers >= l at
 the answer rows; blocking or amplifying a head set whose lowest layer is l reruns only layers >= l.
-Identification by default scores heads by attribution patching and verifies the top 3k candidates by
-exact ablation (``head_scores_fast``). Batches that run out of memory are retried at half the size
+``head_scores_fast`` (attribution patching, the top 3k candidates verified by exact ablation) is the
+cheaper-in-principle alternative; identification defaults to the exact scores, which prefix reuse makes
+cheaper still here (benchmarks/RESULTS.md). Batches that run out of memory are retried at half the size
 (``mfutils.batching``). ``mfr`` itself always runs plain forwards under ``hooks.scale_heads`` (the
 reference the tests compare against).
 
@@ -35,7 +36,7 @@ head_score_reference(mm, samples, head) -> float        slow unbatched reference
 head_scores_attribution(mm, samples, batch_size=64, progress=True) -> FloatTensor[L, H]
 FastScores, head_scores_fast(mm, samples, share=0.05, factor=3) -> FastScores   attribution, then the top
                                                           3k candidates verified by exact ablation
-identify_heads(mm, samples, model_name, share=0.05, method="fast") -> dict   the 03 document (fast default)
+identify_heads(mm, samples, model_name, share=0.05, method="exhaustive") -> dict   the 03 document
 n_top(n_layers, n_heads, share) -> int                   k = max(1, round(share * L * H))
 top_heads(scores, share=0.05) -> list[(layer, head)]     highest first
 rank_agreement(a, b, share=0.05) -> {"spearman", "top_overlap"}
@@ -964,21 +965,25 @@ IDENTIFY_METHODS: tuple[str, ...] = ("fast", "exhaustive")
 
 
 def identify_heads(mm: MLLM, samples: Sequence[Sample] | Prepared, model_name: str, share: float = 0.05,
-                   method: str = "fast", batch_size: int = 64, progress: bool = True,
+                   method: str = "exhaustive", batch_size: int = 64, progress: bool = True,
                    check_exhaustive: bool = False) -> dict[str, Any]:
     """Notebook 03 in one call: score every head and identify the top ``share``; returns the 03 document.
 
-    ``method="fast"`` (default): ``head_scores_fast`` (attribution patching, then exact ablation of the top
-    3k candidates); ``"exhaustive"``: ``head_scores_exhaustive`` (every head ablated) plus attribution.
+    ``method="exhaustive"`` (default): ``head_scores_exhaustive`` with prefix reuse (every head ablated
+    exactly, one rerun of layers >= l at the answer rows per head) plus attribution scores for comparison;
+    ``"fast"``: ``head_scores_fast`` (attribution patching, then exact ablation of the top 3k candidates).
+    Why exhaustive is the default: with prefix reuse it is exact and, in benchmarks/RESULTS.md, both
+    faster than attribution + verification (it needs no backward pass) and the only one of the two whose
+    top 5% on the default model is the exhaustive set (attribution misses large layer-0 effects).
     The document is ``identification_doc``'s with ``scores`` = the table the heads were identified from
     (the exact score for verified heads), ``method``, ``scores_verified`` (bool [L, H]) and
-    ``forward_equivalents``; ``scores_exhaustive`` is present only when computed (``method="exhaustive"``
+    ``forward_equivalents`` (of the scoring that identified the heads); ``scores_exhaustive`` is present only when computed (``method="exhaustive"``
     or ``check_exhaustive``, which also adds ``fast_vs_exhaustive``: the top-``share`` sets of both and
     whether they are equal).
 
     Example::
 
-        doc = identify_heads(mm, ident_samples, "tiny")              # fast
+        doc = identify_heads(mm, ident_samples, "tiny")              # exact scores, prefix reuse
         save_json(doc, "tiny", "03_head_identification")
     """
     if method not in IDENTIFY_METHODS:
@@ -989,10 +994,11 @@ def identify_heads(mm: MLLM, samples: Sequence[Sample] | Prepared, model_name: s
         fast = head_scores_fast(mm, data, share=share, batch_size=batch_size, progress=progress)
         scores, attribution, verified, work = fast.scores, fast.attribution, fast.verified, fast.forward_equivalents
     else:
-        exhaustive = head_scores_exhaustive(mm, data, progress=progress)
-        attribution = head_scores_attribution(mm, data, progress=progress)
+        drops, work = _exact_drops(mm, data, _all_heads(mm), batch_size, "prefix", progress, "exhaustive head scores")
+        exhaustive = (drops.mean(0).float() if len(data) else torch.full((mm.n_layers * mm.n_heads,), math.nan)
+                      ).reshape(mm.n_layers, mm.n_heads)
+        attribution = head_scores_attribution(mm, data, progress=progress)      # for comparison (not counted)
         scores, verified = exhaustive, torch.ones(mm.n_layers, mm.n_heads, dtype=torch.bool)
-        work = float("nan")
     if check_exhaustive and exhaustive is None:
         exhaustive = head_scores_exhaustive(mm, data, progress=progress)
     doc = identification_doc(model_name, scores, attribution, share, n_identify=len(data))

@@ -290,7 +290,7 @@ def test_identify_heads_document(llava: MLLM, samples: list[Sample], tmp_path: o
                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MF_OUT", str(tmp_path))
     doc = heads.identify_heads(llava, samples, "random:llava", share=0.1, batch_size=4, progress=False,
-                               check_exhaustive=True)
+                               method="fast", check_exhaustive=True)
     assert doc["method"] == "fast" and doc["k"] == 2 and len(doc["identified"]) == 2
     ex = torch.tensor(doc["scores_exhaustive"])
     cmp = doc["fast_vs_exhaustive"]
@@ -303,8 +303,11 @@ def test_identify_heads_document(llava: MLLM, samples: list[Sample], tmp_path: o
     back = heads.load_identification("random:llava", llava)
     assert back["identified"] == [tuple(h) for h in doc["identified"]]
     assert heads.top_heads(back["scores"], 0.1) == back["identified"]
-    plain = heads.identify_heads(llava, samples, "random:llava", share=0.1, method="exhaustive", progress=False)
+    plain = heads.identify_heads(llava, samples, "random:llava", share=0.1, progress=False)      # the default
+    assert plain["method"] == "exhaustive" and all(map(all, plain["scores_verified"]))
     assert plain["scores"] == plain["scores_exhaustive"] and "fast_vs_exhaustive" not in plain
+    reference = heads.head_scores_exhaustive(llava, samples, progress=False).double()
+    assert torch.allclose(torch.tensor(plain["scores"], dtype=torch.float64), reference, atol=1e-6)
     with pytest.raises(ValueError, match="method"):
         heads.identify_heads(llava, samples, "random:llava", method="attribution")
 
