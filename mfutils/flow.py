@@ -50,7 +50,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .evaluate import candidate_ids
-from .groups import Encoded, TokenGroups, edge_block, encode
+from .groups import TokenGroups, edge_block, encode
 from .batching import run_batched
 from .hooks import capture, knockout, prefix_trace, residual_stream
 from .metrics import EPS, follows, inssd, margins, targets_for
