@@ -267,8 +267,13 @@ def _dataset_identity(model: str) -> dict[str, Any] | None:
     except json.JSONDecodeError:
         return None
     splits = manifest.get("splits", {})
-    return {"manifest": _rel(path), "dataset_version": manifest.get("dataset_version"),
-            "splits": {k: {kk: v.get(kk) for kk in ("n", "seed", "sha256") if kk in v} for k, v in splits.items()}}
+    ident = {"manifest": _rel(path), "dataset": manifest.get("dataset", "world"),
+             "dataset_version": manifest.get("dataset_version"),
+             "splits": {k: {kk: v.get(kk) for kk in ("n", "seed", "sha256") if kk in v} for k, v in splits.items()}}
+    for key in ("mc2_json", "mc2_sha256", "coco_root", "form", "filtered_for"):  # MC2: the file, images, filter
+        if key in manifest:
+            ident[key] = manifest[key]
+    return ident
 
 
 def strip_provenance(doc: Any) -> Any:

@@ -55,7 +55,7 @@ from .batching import run_batched
 from .hooks import capture, knockout, prefix_trace, residual_stream
 from .metrics import EPS, follows, inssd, margins, targets_for
 from .models import MLLM
-from .paths import results_dir
+from .paths import atomic_output, results_dir
 from .prompts import Prompt
 from .stats import proportion, summarize
 from .world import Sample
@@ -221,10 +221,11 @@ class SweepResult:
         """Write every array (and the edge/window names) to ``path`` (.npz)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(
-            path, edges=np.array(self.edges), windows=np.array(self.windows, dtype=np.int64).reshape(-1, 2),
-            base=self.base, knocked=self.knocked, follows=self.follows, categories=self.categories.astype(str),
-            tags=self.tags.astype(str), n_layers=np.int64(self.n_layers), info=np.array(json.dumps(self.info)))
+        with atomic_output(path) as tmp:                       # a kill never leaves a half-written file
+            np.savez_compressed(
+                tmp, edges=np.array(self.edges), windows=np.array(self.windows, dtype=np.int64).reshape(-1, 2),
+                base=self.base, knocked=self.knocked, follows=self.follows, categories=self.categories.astype(str),
+                tags=self.tags.astype(str), n_layers=np.int64(self.n_layers), info=np.array(json.dumps(self.info)))
         return path
 
     @classmethod
@@ -419,12 +420,23 @@ def saliency(mm: MLLM, samples: Sequence[Sample], batch_size: int = 16, pairs: S
 # ------------------------------------------------------------------------------------------------
 # LDAR (ours)
 # ------------------------------------------------------------------------------------------------
-def _direction_rows(mm: MLLM, pos: Sequence[int], neg: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(W_U[pos] - W_U[neg] [B, D], bias[pos] - bias[neg] [B]) of the unembedding."""
+def _direction_rows(mm: MLLM, pos: Sequence[int | Sequence[int]], neg: Sequence[int | Sequence[int]]
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W_U[pos] - W_U[neg] [B, D], bias[pos] - bias[neg] [B]) of the unembedding, one entry per sample.
+
+    An entry may be a list of token ids (MC2 candidate lists): its row is the mean unembedding row of the
+    list (ours: the direction between the two sides' average answers). One id gives that id's row exactly."""
     W = mm.unembed.weight
-    d = (W[list(pos)] - W[list(neg)]).float()
     bias = getattr(mm.unembed, "bias", None)
-    b = (bias[list(pos)] - bias[list(neg)]).float() if bias is not None else torch.zeros(len(pos), device=W.device)
+
+    def ids(x: int | Sequence[int]) -> list[int]:
+        return [int(x)] if isinstance(x, (int, np.integer)) else [int(i) for i in x]
+
+    def mean_rows(t: torch.Tensor, entries: Sequence[int | Sequence[int]]) -> torch.Tensor:
+        return torch.stack([t[ids(e)].float().mean(0) for e in entries])
+
+    d = mean_rows(W, pos) - mean_rows(W, neg)
+    b = mean_rows(bias, pos) - mean_rows(bias, neg) if bias is not None else torch.zeros(len(pos), device=W.device)
     return d, b
 
 
@@ -578,8 +590,7 @@ def dla(mm: MLLM, samples: Sequence[Sample], batch_size: int = 64, progress: boo
         rows = torch.arange(len(t), device=logits.device)
         last = enc.groups.last_index().to(logits.device)
         pick = lambda x: x[rows, last].float()                                    # noqa: E731  [B, D]
-        pos, neg = [p[0] for p in t.pos], [n[0] for n in t.neg]
-        d, b = _direction_rows(mm, pos, neg)
+        d, b = _direction_rows(mm, t.pos, t.neg)                                   # candidate lists: mean rows
         x_final = pick(cap.resid[L])
         f = _rms_scale(mm, x_final)
         attr = lambda c: ((c * f) * d).sum(-1)                                    # noqa: E731  [B]
@@ -592,8 +603,8 @@ def dla(mm: MLLM, samples: Sequence[Sample], batch_size: int = 64, progress: boo
         acc["mlp"].append(mlp.cpu().numpy())
         acc["embed"].append(attr(pick(cap.resid[0])).cpu().numpy())
         acc["total"].append(attr(x_final).cpu().numpy())
-        acc["logit_diff"].append((logits[rows, torch.tensor(pos, device=logits.device)]
-                                  - logits[rows, torch.tensor(neg, device=logits.device)]).cpu().numpy())
+        mean_logit = lambda ids: torch.stack([logits[i, list(x)].mean() for i, x in enumerate(ids)])  # noqa: E731
+        acc["logit_diff"].append((mean_logit(t.pos) - mean_logit(t.neg)).cpu().numpy())
         acc["before"].append(before.cpu().numpy())
         acc["after"].append(after.cpu().numpy())
     cat = {k: (np.concatenate(v) if v else np.zeros((0, L) if k in ("attn", "mlp", "before", "after") else 0))

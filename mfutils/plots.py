@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import matplotlib.pyplot as plt
 import seaborn as sns
 
-from .paths import figures_dir
+from .paths import atomic_output, figures_dir
 
 __all__ = ["set_theme", "save_figure", "plot_training_curve", "plot_accuracy_bars", "COLUMN_WIDTH"]
 
@@ -52,7 +52,8 @@ def save_figure(fig: plt.Figure, name: str, model: str | None = None, folder: Pa
     for fmt in formats:
         path = folder / f"{name}.{fmt}"
         meta: dict[str, Any] = {"Software": None} if fmt == "png" else {"CreationDate": None, "Producer": None, "Creator": None}
-        fig.savefig(path, bbox_inches="tight", metadata=meta)
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, format=fmt, bbox_inches="tight", metadata=meta)
         paths.append(path)
     if close:
         plt.close(fig)

@@ -320,6 +320,9 @@ def write_report(model: str = DEFAULT_MODEL) -> Path:
         ("claims.yaml" if model == DEFAULT_MODEL else "paper/claims.yaml") + "), fixed before the numbers were known.",
         "Definitions marked as ours are reconstructions (see METHOD.md): only the paper's abstract is public.",
         "",
+        *([f"**Random weights: smoke only.** `{model}` is a randomly initialised model; these verdicts test that the "
+           "code runs end to end on its architecture and say nothing about the paper's claims.", ""]
+          if model.startswith("random:") else []),
         f"Code: `{git_commit()}`" + (f"; chain run {'smoke' if timings and timings.get('smoke') else 'full'}, "
                                      f"{sum(timings['seconds'].values()):.0f} s" if timings else ""),
         "",

@@ -144,9 +144,14 @@ def answer_summary(mm: MLLM, sample: Any, logits: torch.Tensor, targets: Targets
     t = targets if targets is not None else targets_for(mm, [sample])
     row = logits.float().reshape(1, -1)
     p = torch.softmax(row, dim=-1)[0]
-    probs = {c: float(p[i]) for c, i in zip(sample.candidates, t.cand[0])}
     p_pos, p_neg = float(p[t.pos[0]].sum()), float(p[t.neg[0]].sum())
-    pred = sample.candidates[int(row[0, t.cand[0]].argmax())]
+    if getattr(sample, "answer_img_candidate_list", None) is not None:
+        # candidate lists (MC2): one entry per side, P summed over the side's first tokens (metrics.targets_for)
+        probs = {sample.answer: p_pos, sample.other_answer: p_neg}
+        pred = sample.answer if bool(follows(row, t)[0]) else sample.other_answer
+    else:
+        probs = {c: float(p[i]) for c, i in zip(sample.candidates, t.cand[0])}
+        pred = sample.candidates[int(row[0, t.cand[0]].argmax())]
     return {"probs": probs, "p_answer": p_pos, "p_other": p_neg,
             "pair": p_pos / (p_pos + p_neg) if p_pos + p_neg > 0 else math.nan,
             "margin": float(margins(row, t)[0]), "pred": pred, "follows": bool(follows(row, t)[0])}
@@ -161,7 +166,7 @@ def _distribution_html(sample: Any, columns: Sequence[tuple[str, dict[str, Any]]
     modality's answer are marked."""
     head = "".join(f"<th style='text-align:left;padding:0 8px'>{html.escape(name)}</th>" for name, _ in columns)
     rows = []
-    for c in sample.candidates:
+    for c in (columns[0][1]["probs"] if columns else sample.candidates):
         mark = " (instructed)" if c == sample.answer else (" (other)" if c == getattr(sample, "other_answer", None) else "")
         cells = []
         for _, summ in columns:
@@ -687,7 +692,7 @@ def head_board(mm: MLLM, scores: Any, samples: Sequence[Any], batch: Sequence[An
 
     Example::
 
-        hb = head_board(mm, ident["scores_exhaustive"], failed, test[:64], ident["identified"])
+        hb = head_board(mm, ident["scores"], failed, test[:64], ident["identified"])
         hb.block(hb.identified); hb.mfr["rate"], hb.base_mfr["rate"]
     """
     return HeadBoard(mm, scores, samples, batch, identified, alpha, debounce_s, score_source=score_source)
