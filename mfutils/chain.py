@@ -255,7 +255,8 @@ def model_identity(model: str) -> dict[str, Any]:
     path = _resolve_path(model)
     weights = {p.name: _sha256(p) for p in sorted(path.glob("*.safetensors"))} or \
               {p.name: _sha256(p) for p in sorted(path.glob("*.bin"))}
-    return {"name": model, "path": str(path), "weights": weights}
+    shown = path.relative_to(repo_root()) if path.is_relative_to(repo_root()) else path  # same on every clone
+    return {"name": model, "path": str(shown), "weights": weights}
 
 
 def _dataset_identity(model: str) -> dict[str, Any] | None:
