@@ -78,26 +78,22 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print("mf eval --dataset mc2 needs --mc2-json <evaluate_final.json> and --coco-root <COCO 2014 folder>",
               file=sys.stderr)
         return 2
-    try:
-        mm = load_model(args.model, device=args.device)
-        t0 = time.time()
-        if args.dataset == "mc2":
-            from . import mc2
+    mm = load_model(args.model, device=args.device)
+    t0 = time.time()
+    if args.dataset == "mc2":
+        from . import mc2
 
-            records = mc2.load_records(args.mc2_json)[: args.n]
-            images = mc2.find_images(records, args.coco_root)
-            samples, dropped = mc2.scorable(mm, mc2.record_samples(records, images, form=args.form))
-            res = mc2.evaluate_mc2(mm, samples, batch_size=args.batch_size)
-            res.update({"dataset": "mc2", "form": args.form, "mc2_json": args.mc2_json,
-                        "mc2_sha256": mc2.file_sha256(args.mc2_json), "n_unscorable": len(dropped)})
-            cats: Sequence[str] = ("follow_image", "follow_text", "image_only", "text_only")
-        else:
-            res = evaluate(mm, n=args.n, seed=args.seed, batch_size=args.batch_size, progress=not args.json)
-            res["dataset"] = "world"
-            cats = EVAL_CATEGORIES
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:   # user errors: one clear line, no traceback
-        print(f"mf eval: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+        records = mc2.load_records(args.mc2_json)[: args.n]
+        images = mc2.find_images(records, args.coco_root)
+        samples, dropped = mc2.scorable(mm, mc2.record_samples(records, images, form=args.form))
+        res = mc2.evaluate_mc2(mm, samples, batch_size=args.batch_size)
+        res.update({"dataset": "mc2", "form": args.form, "mc2_json": args.mc2_json,
+                    "mc2_sha256": mc2.file_sha256(args.mc2_json), "n_unscorable": len(dropped)})
+        cats: Sequence[str] = ("follow_image", "follow_text", "image_only", "text_only")
+    else:
+        res = evaluate(mm, n=args.n, seed=args.seed, batch_size=args.batch_size, progress=not args.json)
+        res["dataset"] = "world"
+        cats = EVAL_CATEGORIES
     res["wall_s"] = round(time.time() - t0, 2)
     if args.model.startswith("random:"):
         res["note"] = "random weights: smoke only"

@@ -67,7 +67,7 @@ def test_eval_mc2_on_stand_in_images(tmp_path) -> None:  # type: ignore[no-untyp
     # one image missing: a one-line error naming it, no traceback
     out = _run("eval", "--model", "random:internvl", "--dataset", "mc2", "--mc2-json", MC2, "--coco-root",
                str(tmp_path), "--n", "6")
-    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.returncode == 2 and "Traceback" not in out.stderr
     assert f"1 of 6 MC2 images are missing under {tmp_path}: {records[5]['image_id']} (record 5)" in out.stderr
     out = _run("eval", "--model", "random:internvl", "--dataset", "mc2", "--mc2-json", MC2, "--coco-root",
                str(tmp_path), "--n", "5", "--json")
