@@ -76,13 +76,15 @@ def run_batched(fn: Callable[[int, int], R], n: int, batch_size: int, desc: str 
     try:
         while start < n:
             stop = min(start + size, n)
+            oom = False
             try:
                 out.append(fn(start, stop))
             except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are handled, others re-raised
                 if not is_out_of_memory(exc):
                     raise
+                oom = True
+            if oom:  # outside the except block: the traceback no longer pins the failed batch's tensors
                 current = stop - start
-                del exc
                 _free_memory()
                 if current <= 1:
                     raise BatchOutOfMemoryError(

@@ -277,6 +277,16 @@ def _dataset_identity(model: str) -> dict[str, Any] | None:
     return ident
 
 
+def _parameter_files(params: Mapping[str, Any]) -> dict[str, str]:
+    """sha256 of every parameter that names a file (e.g. ``mc2_json``): a changed file at the same path is a
+    changed input. Folders (``coco_root``) are not hashed; their files are checked by the notebooks."""
+    out = {}
+    for name, value in sorted(params.items()):
+        if isinstance(value, str) and value and Path(value).expanduser().is_file():
+            out[name] = _sha256(Path(value).expanduser())
+    return out
+
+
 def strip_provenance(doc: Any) -> Any:
     """``doc`` without its top-level ``"provenance"`` block (what differs between two identical runs)."""
     if isinstance(doc, dict):
@@ -373,8 +383,8 @@ def run_chain(model: str = "tiny", smoke: bool = False, only: Sequence[str] | No
         dst = out_dir / nb.name
         nb_params = {k: v for k, v in parameters.items() if k in notebook_parameters(nb)}
         code_fp = _code_fingerprint(_uses(nb))
-        inputs = {"source": _source_fingerprint(nb), "params": nb_params, "code": code_fp, "model": identity,
-                  "previous": previous_fp}
+        inputs = {"source": _source_fingerprint(nb), "params": nb_params, "files": _parameter_files(nb_params),
+                  "code": code_fp, "model": identity, "previous": previous_fp}
         parts = {k: hashlib.sha256(json.dumps(v, sort_keys=True, default=str).encode()).hexdigest()
                  for k, v in inputs.items()}
         fp = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
@@ -385,6 +395,7 @@ def run_chain(model: str = "tiny", smoke: bool = False, only: Sequence[str] | No
                 reason = "no record of a complete run"
             elif record.get("fingerprint") != fp:
                 names = {"source": "its source cells", "params": "its parameters", "code": "the mfutils code",
+                         "files": "a data file named by a parameter",
                          "model": "the model", "previous": "an earlier notebook's inputs"}
                 changed = [names[k] for k, v in parts.items() if record.get("inputs", {}).get(k) != v]
                 reason = " and ".join(changed or ["its inputs"]) + " changed"

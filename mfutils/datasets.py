@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .paths import results_dir
+from .paths import atomic_write_text, results_dir
 from .world import DATASET_VERSION, SPLITS, Sample, dataset_checksum, make_split
 
 __all__ = ["DEFAULT_SIZES", "SMOKE_SIZES", "write_manifest", "load_split", "DatasetMismatchError", "manifest_path",
@@ -58,9 +58,7 @@ def manifest_path(model: str):  # -> Path
 
 
 def _write(path: Any, manifest: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(manifest, indent=1))
 
 
 def write_manifest(model: str, sizes: dict[str, int], dataset: str = "world", mc2_json: str = "",

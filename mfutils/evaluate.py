@@ -47,7 +47,16 @@ def candidate_ids(mm: MLLM, words: Sequence[str]) -> list[int]:
     if any(i is None for i in ids):
         from .metrics import first_token_ids
 
-        ids = [i if i is not None else first_token_ids(mm, [w])[0] for i, w in zip(ids, words)]
+        resolved = []
+        for i, w in zip(ids, words):
+            if i is None:
+                first = first_token_ids(mm, [w])
+                if not first:
+                    raise ValueError(f"answer word {w!r} has no known first token for {mm.name!r} (its first piece is "
+                                     "the unknown token): it cannot be scored; reword it or drop the sample")
+                i = first[0]
+            resolved.append(i)
+        ids = resolved
     if len(set(ids)) != len(ids):
         dup = [w for w, i in zip(words, ids) if ids.count(i) > 1]
         raise ValueError(f"answer words {dup} start with the same token for {mm.name!r}, so they cannot be told apart "

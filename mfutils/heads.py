@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -76,7 +77,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .groups import Encoded, encode
-from .batching import run_batched
+from .batching import is_out_of_memory, run_batched
 from .hooks import PrefixTrace, prefix_trace, scale_heads
 from .metrics import Targets, answer_logits, follows, margins, targets_for
 from .models import MLLM
@@ -238,14 +239,22 @@ def _traced(mm: MLLM, enc: Encoded, rows_from_last: bool) -> PrefixTrace | None:
     try:
         trace = prefix_trace(mm, enc, keep_kv=rows_from_last)
         p0 = int(trace.last.min()) if rows_from_last else 0
-        tol = 1e-4 * max(1.0, float(trace.logits.abs().max()))
+        dtype = next(mm.model.parameters()).dtype
+        rel = max(1e-4, 64 * torch.finfo(dtype).eps) if dtype.is_floating_point else 1e-4
+        tol = rel * max(1.0, float(trace.logits.abs().max()))
         diff = float((trace.rerun(mm.n_layers - 1, rows_from=p0) - trace.logits).abs().max())
         if diff > tol:
             _FAST_PATH_STATUS[mm.name] = f"full forwards (prefix rerun differs by {diff:.2e})"
+            warnings.warn(f"head scoring on {mm.name}: the prefix rerun differs from the full forward by {diff:.2e} "
+                          f"(> {tol:.1e}); using one full forward per head", RuntimeWarning, stacklevel=2)
             return None
         return trace
     except (RuntimeError, ValueError, TypeError, KeyError) as exc:
+        if is_out_of_memory(exc):
+            raise                                   # run_batched halves the batch
         _FAST_PATH_STATUS[mm.name] = f"full forwards ({type(exc).__name__}: {str(exc)[:100]})"
+        warnings.warn(f"head scoring on {mm.name}: prefix reuse unavailable ({type(exc).__name__}: "
+                      f"{str(exc)[:100]}); using one full forward per head", RuntimeWarning, stacklevel=2)
         return None
 
 
@@ -288,13 +297,17 @@ def _per_batch(mm: MLLM, samples: Sequence[Sample] | Prepared, batch_size: int, 
     """Call ``fn(batch)`` on every batch of ``samples``; on out of memory, retry that batch's samples in
     halves with a warning (``mfutils.batching.run_batched``). ``fn`` writes its results by sample index."""
     data_samples = _samples_of(samples)
+    size = batch_size                     # once halved for memory, later batches start at the smaller size
     for batch in _batches(mm, samples, batch_size):
-        def one(lo: int, hi: int, batch: _Batch = batch) -> None:
+        def one(lo: int, hi: int, batch: _Batch = batch) -> int:
             if lo == 0 and hi == len(batch.index):
                 fn(batch)
             else:
                 fn(_encode_batch(mm, data_samples, batch.index[lo:hi]))
-        run_batched(one, len(batch.index), len(batch.index), desc=desc)
+            return hi - lo
+        done = run_batched(one, len(batch.index), min(size, len(batch.index)), desc=desc)
+        if len(done) > 1:
+            size = min(size, max(done))
 
 
 @torch.no_grad()

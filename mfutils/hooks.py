@@ -503,9 +503,12 @@ class PrefixTrace:
             block = torch.cat(list(cuts)) if R > 1 else cuts[0]
             if rows_from is None:
                 rows = block.any(-1).any(0).nonzero()
-                if len(rows) == 0:                          # nothing to cut: the clean logits
-                    return self.logits[None].expand(R, -1, -1).clone()
-                rows_from = int(rows[0])
+                if len(rows) == 0:                          # nothing to cut
+                    if active_hooks(self.mm) == 0:            # ... and nothing else in force: the clean logits
+                        return self.logits[None].expand(R, -1, -1).clone()
+                    block, rows_from = None, 0                # other hooks (scale_heads) in force: rerun
+                else:
+                    rows_from = int(rows[0])
         p0 = 0 if rows_from is None else int(rows_from)
         if not 0 <= p0 <= int(self.last.min()):
             raise ValueError(f"rows_from={p0} must lie in 0..{int(self.last.min())} (the first answer position)")

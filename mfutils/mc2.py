@@ -381,8 +381,12 @@ def build_splits(records: Sequence[dict[str, str]], images: Sequence[Any], sizes
             if kind == "capability":
                 keys.append((r, ("image_only", "text_only")[j % 2], ""))
             else:
+                # fail_pool comes from the same half as test, with each record's OTHER instruction (ours): so the
+                # two never share a sample (notebook 02 sweeps test + the failures of fail_pool together) and a
+                # filtered half too small for two disjoint record sets still yields a pool
+                flip = 1 if name == "fail_pool" else 0
                 for o in (("AB", "BA") if form == "mc" else ("",)):
-                    keys.append((r, ("image", "text")[j % 2], o))
+                    keys.append((r, ("image", "text")[(j + flip) % 2], o))
         splits[name] = split_samples(name, records, images, keys[:n], form=form)
     return splits, info
 

@@ -486,6 +486,10 @@ def load_model(name: str = DEFAULT_MODEL, *, attn_implementation: str = "sdpa", 
     try:
         model = cls.from_pretrained(path, local_files_only=True, **kwargs)
     except (OSError, RuntimeError, ValueError) as exc:
+        from .batching import is_out_of_memory
+
+        if is_out_of_memory(exc) or (isinstance(exc, ValueError) and "device_map" in str(exc)):
+            raise                 # not a checkpoint problem: memory, or accelerate's placement
         raise CheckpointError(
             f"loading {path} as {spec.model_class} failed ({type(exc).__name__}: {str(exc)[:300]}). The weights do "
             f"not match the config or are corrupt. {_fetch_hint(name, path, spec)}"

@@ -746,8 +746,11 @@ class AttentionView(widgets.VBox):
 
     @torch.no_grad()
     def maps(self, i: int) -> torch.Tensor:
-        """FloatTensor [L, H, T, T]: sample i's attention weights (eager attention; cached)."""
+        """FloatTensor [L, H, T, T]: sample i's attention weights (eager attention; the last two samples
+        viewed are cached: one map is L*H*T*T floats, about 1.5 GB for a 7B model at T = 620)."""
         if i not in self._maps:
+            while len(self._maps) >= 2:
+                self._maps.pop(next(iter(self._maps)))
             enc = self.forwards.enc(i)
             previous = self.mm.attn_implementation
             try:

@@ -304,6 +304,12 @@ def test_prefix_trace_equals_full_forwards(mm: MLLM, enc: Encoded) -> None:
             ref = answer_logits(mm, enc).float()
             got = trace.rerun(2, rows_from=rows_from)
         assert (got - ref).abs().max() <= 1e-4 and (ref - base).abs().max() > 1e-4
+    empty = torch.zeros_like(cuts[0])                                   # a cut of nothing under head scaling
+    with scale_heads(mm, {(2, 1): 0.0}):
+        ref = answer_logits(mm, enc).float()
+        got = trace.rerun_many(0, 1, [empty, empty])
+    assert (got - ref[None]).abs().max() <= 1e-4 and (ref - base).abs().max() > 1e-4
+    assert torch.equal(trace.rerun_many(0, 1, [empty]), base[None])      # no hook in force: the clean logits
     assert active_hooks(mm) == n                                         # reruns leave no hook behind
 
 

@@ -217,6 +217,10 @@ def test_manifest_round_trip_with_the_model_filter(records: list[dict[str, str]]
     assert filt["n_kept_records"] < filt["n_records"], "a random model should fail some records"
     cap = load_split("random:llava", "capability")
     assert [s.category for s in cap] == ["image_only", "text_only"] * (len(cap) // 2) + ["image_only"] * (len(cap) % 2)
+    # fail_pool comes from the same half as test but never repeats a test sample (notebook 02 sweeps both)
+    key = lambda s: (s.index, s.instructed, (s.meta or {}).get("order", ""))  # noqa: E731
+    pool = load_split("random:llava", "fail_pool")
+    assert pool and not {key(s) for s in pool} & {key(s) for s in kept}, (len(pool), len(kept))
 
 
 @needs_file
