@@ -465,8 +465,7 @@ def load_model(name: str = DEFAULT_MODEL, *, attn_implementation: str = "sdpa", 
     if name.startswith("random:"):
         mm = random_model(name.split(":", 1)[1], attn_implementation=attn_implementation)
         mm.model.to(device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-        if dtype is not None:
-            mm.model.to(dtype)
+        mm.model.to(dtype or default_dtype(device))         # as for checkpoints: bf16 on GPU, float32 on CPU
         return mm
     path = _resolve_path(name)
     try:
