@@ -140,7 +140,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
     import transformers
 
-    from mfutils.flow import _cut, parse_edge
+    from mfutils.flow import parse_edge
+    from mfutils.groups import edge_cut
     from mfutils.groups import encode
     from mfutils.world import make_split
 
@@ -153,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if "pixel_values" in enc.inputs:
         enc.inputs["pixel_values"] = enc.inputs["pixel_values"].to(dtype)
     groups = enc.groups.to("cpu")
-    cuts = [_cut(groups, *parse_edge(e))[0].to(mm.device) for e in args.edges]
+    cuts = [edge_cut(groups, *parse_edge(e))[0].to(mm.device) for e in args.edges]
     # warm-up (kernels, allocator): one knocked-out forward and one rerun
     from mfutils.hooks import knockout, prefix_trace
     with torch.no_grad():

@@ -50,10 +50,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .evaluate import candidate_ids
-from .groups import TokenGroups, edge_block, encode
+from .groups import edge_cut, encode
 from .batching import run_batched
 from .hooks import capture, knockout, prefix_trace, residual_stream
-from .metrics import EPS, follows, inssd, margins, targets_for
+from .metrics import EPS, answer_logits, follows, inssd, margins, targets_for
 from .models import MLLM
 from .paths import atomic_output, results_dir
 from .prompts import Prompt
@@ -126,18 +126,6 @@ def _batches(n: int, batch_size: int) -> list[slice]:
 
 def _prompts(samples: Sequence[Sample]) -> list[Prompt]:
     return [s.prompt for s in samples]
-
-
-def _cut(groups: TokenGroups, src: Groups, dst: Groups) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cut [B, T, T], valid [B]): the edge's attention edges that exist (causal, not padding, not a token
-    to itself), and whether both its groups are present in each sample."""
-    B, T = groups.shape
-    block = edge_block(groups, list(src), list(dst))
-    real = ~groups.pad
-    causal = torch.ones(T, T, dtype=torch.bool).tril()
-    block = block & causal & real[:, :, None] & real[:, None, :] & ~torch.eye(T, dtype=torch.bool)
-    valid = groups.union(*src).any(-1) & groups.union(*dst).any(-1)
-    return block, valid
 
 
 # ------------------------------------------------------------------------------------------------
@@ -292,9 +280,9 @@ def knockout_sweep(mm: MLLM, samples: Sequence[Sample], edges: Sequence[str], k:
         t = targets.subset(list(range(lo, hi)))
         enc = encode(mm, _prompts(samples[part])).to(mm.device)
         groups = enc.groups.to("cpu")
-        cuts = [_cut(groups, *parse_edge(name)) for name in edges]
+        cuts = [edge_cut(groups, *parse_edge(name)) for name in edges]
         if method == "naive":
-            logits = mm.model(**enc.inputs, logits_to_keep=1).logits[:, -1].float()
+            logits = answer_logits(mm, enc).float()
             forwards = 1.0
         else:
             trace = prefix_trace(mm, enc)
@@ -308,7 +296,7 @@ def knockout_sweep(mm: MLLM, samples: Sequence[Sample], edges: Sequence[str], k:
                 new = {}
                 for e in live:
                     with knockout(mm, cuts[e][0], range(start, stop)):
-                        new[e] = mm.model(**enc.inputs, logits_to_keep=1).logits[:, -1].float()
+                        new[e] = answer_logits(mm, enc).float()
                     forwards += 1.0
             elif batch_conditions and len(live) > 1:
                 new = {}
@@ -354,7 +342,7 @@ def find_failures(mm: MLLM, samples: Sequence[Sample], batch_size: int = 64, cap
     for part in tqdm(_batches(len(conflict), batch_size), desc="find failures", disable=not progress):
         chunk = conflict[part]
         enc = encode(mm, _prompts(chunk)).to(mm.device)
-        logits = mm.model(**enc.inputs, logits_to_keep=1).logits[:, -1].float()
+        logits = answer_logits(mm, enc).float()
         ok = follows(logits, targets_for(mm, chunk))
         out.extend(s for s, f in zip(chunk, ok.tolist()) if not f)
         if cap is not None and len(out) >= cap:
@@ -400,7 +388,7 @@ def saliency(mm: MLLM, samples: Sequence[Sample], batch_size: int = 16, pairs: S
                 loss = margins(out.logits[:, -1], targets.subset(idx)).sum()
                 grads = torch.autograd.grad(loss, list(out.attentions))
             groups = enc.groups.to("cpu")
-            edges = {p: _cut(groups, *parse_edge(p)) for p in pairs}
+            edges = {p: edge_cut(groups, *parse_edge(p)) for p in pairs}
             for l in range(L):
                 prod = out.attentions[l].detach() * grads[l]                   # [B, H, T, T]
                 flow = (prod.abs().sum(1) if abs_per_head else prod.sum(1).abs()).float().cpu()
@@ -586,7 +574,7 @@ def dla(mm: MLLM, samples: Sequence[Sample], batch_size: int = 64, progress: boo
         t = targets.subset(list(range(len(keep)))[part])
         enc = encode(mm, _prompts(keep[part])).to(mm.device)
         with capture(mm, ("attn", "mlp", "resid")) as cap:
-            logits = mm.model(**enc.inputs, logits_to_keep=1).logits[:, -1].float()
+            logits = answer_logits(mm, enc).float()
         rows = torch.arange(len(t), device=logits.device)
         last = enc.groups.last_index().to(logits.device)
         pick = lambda x: x[rows, last].float()                                    # noqa: E731  [B, D]

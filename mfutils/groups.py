@@ -10,6 +10,8 @@ encode(mm, prompts, answers=None) -> Encoded    render, process and find the tok
 Encoded                 ``inputs`` (pass as ``mm.model(**enc.inputs)``), ``groups``, ``texts``
 TokenGroups             per-sample bool masks [B, T] for every name in ``mfutils.prompts.GROUP_NAMES``
 edge_block(groups, src, dst) -> BoolTensor[B, T, T]   the attention edges dst-query -> src-key to cut
+edge_cut(groups, src, dst) -> (BoolTensor[B, T, T], BoolTensor[B])   those that exist (causal, no padding, no
+                                                      self-edge), and whether both groups are present
 render_prompt(mm, prompt) -> str                     the rendered text (what training and evaluation feed)
 load_image(image) -> image                           a file path opened as RGB PIL; arrays pass through
 SegmentNotFoundError    a segment whose text is missing from the rendered prompt (or maps to no token)
@@ -31,7 +33,7 @@ import torch
 from .models import MLLM
 from .prompts import GROUP_NAMES, Prompt
 
-__all__ = ["encode", "Encoded", "TokenGroups", "edge_block", "SegmentNotFoundError", "render_prompt", "load_image"]
+__all__ = ["encode", "Encoded", "TokenGroups", "edge_block", "edge_cut", "SegmentNotFoundError", "render_prompt", "load_image"]
 
 # Marks the start of the user turn when a template is rendered to locate it (never part of a real prompt).
 _SENTINEL = "\x00"
@@ -307,3 +309,20 @@ def _offsets(mm: MLLM, expanded: str, sample_ids: torch.Tensor, sample: int) -> 
         )
     offsets = torch.tensor(tok["offset_mapping"], dtype=torch.long).reshape(-1, 2)
     return offsets[:, 0], offsets[:, 1]
+
+
+def edge_cut(groups: "TokenGroups", src: Sequence[str], dst: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cut [B, T, T], valid [B]): the attention edges of ``edge_block`` that exist (causal, neither end
+    padding, not a token to itself), and whether both groups are present in each sample.
+
+    Example::
+
+        cut, valid = edge_cut(enc.groups, ["image"], ["last"])     # for mfutils.hooks.knockout
+    """
+    B, T = groups.shape
+    block = edge_block(groups, list(src), list(dst))
+    real = ~groups.pad
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    block = block & causal & real[:, :, None] & real[:, None, :] & ~torch.eye(T, dtype=torch.bool)
+    valid = groups.union(*src).any(-1) & groups.union(*dst).any(-1)
+    return block, valid

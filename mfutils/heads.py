@@ -78,7 +78,7 @@ from tqdm.auto import tqdm
 
 from .groups import Encoded, encode
 from .batching import is_out_of_memory, run_batched
-from .hooks import PrefixTrace, prefix_trace, scale_heads
+from .hooks import PrefixTrace, check_head, prefix_trace, scale_heads
 from .metrics import Targets, answer_logits, follows, margins, targets_for
 from .models import MLLM
 from .paths import results_dir
@@ -170,12 +170,7 @@ def _samples_of(samples: Sequence[Sample] | Prepared) -> list[Sample]:
 
 
 def _check_heads(mm: MLLM, heads: Sequence[Head]) -> list[Head]:
-    out = [(int(l), int(h)) for l, h in heads]
-    bad = [x for x in out if not (0 <= x[0] < mm.n_layers and 0 <= x[1] < mm.n_heads)]
-    if bad:
-        raise ValueError(f"heads {bad} out of range: the model has {mm.n_layers} layers x {mm.n_heads} heads, so "
-                         f"valid heads are (layer 0..{mm.n_layers - 1}, head 0..{mm.n_heads - 1})")
-    return out
+    return [check_head(mm, hd) for hd in heads]
 
 
 # ------------------------------------------------------------------------------------------------

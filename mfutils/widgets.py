@@ -51,8 +51,8 @@ import numpy as np
 import torch
 
 from .display import GROUP_COLORS, legend_html, tokens_html
-from .groups import Encoded, edge_block, encode
-from .hooks import knockout, scale_heads
+from .groups import Encoded, edge_cut, encode
+from .hooks import check_head, knockout, scale_heads
 from .metrics import Targets, answer_logits, follows, margins, targets_for
 from .models import MLLM
 from .prompts import GROUP_NAMES
@@ -200,10 +200,15 @@ def _busy(owner: Any) -> Iterator[None]:
         owner.busy = False
 
 
-def _busy_label() -> widgets.HTML:
+def _html(css_class: str) -> widgets.HTML:
+    """An empty HTML readout carrying ``css_class`` (the hook the browser test finds it by)."""
     w = widgets.HTML("")
-    w.add_class("mf-busy")
+    w.add_class(css_class)
     return w
+
+
+def _busy_label() -> widgets.HTML:
+    return _html("mf-busy")
 
 
 class _Debounce:
@@ -257,10 +262,8 @@ class SampleBrowser(widgets.VBox):
         self.sample = _sample_dropdown(self.samples)
         self.image = widgets.Image(format="png", layout=widgets.Layout(width="192px", height="192px"))
         self.image.add_class("mf-image")
-        self.tokens = widgets.HTML()
-        self.tokens.add_class("mf-tokens")
-        self.answers = widgets.HTML()
-        self.answers.add_class("mf-answers")
+        self.tokens = _html("mf-tokens")
+        self.answers = _html("mf-answers")
         self.busy_label, self.busy, self.error = _busy_label(), False, None
         self.summary: dict[str, Any] = {}
         super().__init__([widgets.HBox([self.sample, self.busy_label]),
@@ -344,10 +347,8 @@ class KnockoutExplorer(widgets.VBox):
         self.window = widgets.IntRangeSlider(value=(lo, hi), min=0, max=L - 1, step=1, description="layers",
                                              continuous_update=False, layout=widgets.Layout(width="420px"))
         self.window.add_class("mf-window")
-        self.margin_label = widgets.HTML()
-        self.margin_label.add_class("mf-margin")
-        self.distribution = widgets.HTML()
-        self.distribution.add_class("mf-distribution")
+        self.margin_label = _html("mf-margin")
+        self.distribution = _html("mf-distribution")
         self.busy_label, self.busy, self.error = _busy_label(), False, None
         self.margin = self.base_margin = math.nan
         self.summary: dict[str, Any] = {}
@@ -392,10 +393,7 @@ class KnockoutExplorer(widgets.VBox):
 
     def _cut(self, enc: Encoded) -> torch.Tensor:
         """BoolTensor [1, T, T]: the edge's attention edges (causal, not a token to itself)."""
-        g = enc.groups
-        T = g.shape[1]
-        block = edge_block(g, _groups_of(self.src.value), _groups_of(self.dst.value))
-        return block & torch.ones(T, T, dtype=torch.bool).tril() & ~torch.eye(T, dtype=torch.bool)
+        return edge_cut(enc.groups.to("cpu"), _groups_of(self.src.value), _groups_of(self.dst.value))[0]
 
     def _update(self) -> None:
         if getattr(self, "_muted", False):
@@ -434,7 +432,7 @@ def knockout_explorer(mm: MLLM, samples: Sequence[Any], edge: tuple[str, str] = 
     """Cut ``edge`` (source group -> target group: target queries may not attend to source keys) in a window
     of layers (inclusive; default all) for one sample, next to its cached unhooked run.
 
-    Uses ``hooks.knockout`` with the causal, non-diagonal edges of ``groups.edge_block`` ([1, T, T]); one
+    Uses ``hooks.knockout`` with the causal, non-diagonal edges of ``groups.edge_cut`` ([1, T, T]); one
     forward per change. ``margin`` / ``base_margin``: ``metrics.margins`` (binary constraint).
 
     Example::
@@ -525,10 +523,8 @@ class HeadBoard(widgets.VBox):
         self.grid = widgets.GridBox(cells, layout=widgets.Layout(
             grid_template_columns=f"40px repeat({H}, 46px)", grid_gap="2px"))
         self.grid.add_class("mf-grid")
-        self.mfr_label = widgets.HTML()
-        self.mfr_label.add_class("mf-mfr")
-        self.answer_label = widgets.HTML()
-        self.answer_label.add_class("mf-answer")
+        self.mfr_label = _html("mf-mfr")
+        self.answer_label = _html("mf-answer")
         self.busy_label, self.busy, self.error = _busy_label(), False, None
         self.mfr: dict[str, Any] = {}
         self.base_mfr: dict[str, Any] = {}
@@ -604,9 +600,7 @@ class HeadBoard(widgets.VBox):
         self._debounced.flush()
 
     def _set(self, head: Head, state: str) -> None:
-        head = (int(head[0]), int(head[1]))
-        if head not in self.buttons:
-            raise ValueError(f"head {head} out of range: the model has {self.mm.n_layers} layers x {self.mm.n_heads} heads")
+        head = check_head(self.mm, head)
         if state not in HEAD_STATES:
             raise ValueError(f"state must be one of {HEAD_STATES}, got {state!r}")
         if state == "normal":
@@ -718,8 +712,7 @@ class AttentionView(widgets.VBox):
         self.head.add_class("mf-attn-head")
         self.image = widgets.Image(format="png")
         self.image.add_class("mf-attention")
-        self.shares_label = widgets.HTML()
-        self.shares_label.add_class("mf-shares")
+        self.shares_label = _html("mf-shares")
         self.busy_label, self.busy, self.error = _busy_label(), False, None
         self.attention = np.zeros((0, 0))
         self.group_shares: dict[str, float] = {}
