@@ -4,7 +4,7 @@ Issue 9 item 6. No weights are needed: the model (Llama-2-7B text, CLIP ViT-L/14
 projector) is built with random weights directly on the device in the chosen dtype (bf16 on a GPU; it is
 never built on the CPU first). Then, for ``--samples`` synthetic world samples in one batch, a window-1
 knockout sweep over every layer and one or two edges runs twice: naive (one full forward per edge x layer
-under ``mfutils.hooks.knockout``) and with prefix reuse (``mfutils.hooks.prefix_trace`` once, then
+under ``mfutils.model.hooks.knockout``) and with prefix reuse (``mfutils.model.hooks.prefix_trace`` once, then
 ``PrefixTrace.rerun`` per condition: layers >= the window, rows >= the first cut query). Prints ONE JSON
 line (throughputs in sample-windows per second, their ratio, the max |answer-logit difference| between the
 two ways, forward-equivalents, versions, device) and writes it to ``$OUT/gpu_sweep.json`` when ``OUT`` is
@@ -76,12 +76,12 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
 
 
 def build(which: str, device: str, dtype: torch.dtype) -> Any:
-    """An ``mfutils.models.MLLM`` with random weights, created on ``device`` in ``dtype``."""
+    """An ``mfutils.model.loading.MLLM`` with random weights, created on ``device`` in ``dtype``."""
     import transformers
 
-    from mfutils.archs import ARCHS
-    from mfutils.models import MLLM, build_processor, build_word_tokenizer
-    from mfutils.world import vocabulary
+    from mfutils.model.archs import ARCHS
+    from mfutils.model.loading import MLLM, build_processor, build_word_tokenizer
+    from mfutils.data.world import vocabulary
 
     tok = build_word_tokenizer(vocabulary(), image_token="<image>")
     cfg, image, patch = llava_config(which, tok)
@@ -105,7 +105,7 @@ def sync(device: str) -> None:
 @torch.no_grad()
 def sweep(mm: Any, enc: Any, cuts: Sequence[torch.Tensor], way: str) -> tuple[torch.Tensor, float]:
     """Answer logits [E, L, B, V] (float32, on CPU) of a window-1 sweep, and the forward-equivalents spent."""
-    from mfutils.hooks import knockout, prefix_trace
+    from mfutils.model.hooks import knockout, prefix_trace
 
     L = mm.n_layers
     out = []
@@ -140,10 +140,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
     import transformers
 
-    from mfutils.flow import parse_edge
-    from mfutils.groups import edge_cut
-    from mfutils.groups import encode
-    from mfutils.world import make_split
+    from mfutils.study.flow import parse_edge
+    from mfutils.model.groups import edge_cut
+    from mfutils.model.groups import encode
+    from mfutils.data.world import make_split
 
     t0 = time.perf_counter()
     mm = build(args.config, args.device, dtype)
@@ -156,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     groups = enc.groups.to("cpu")
     cuts = [edge_cut(groups, *parse_edge(e))[0].to(mm.device) for e in args.edges]
     # warm-up (kernels, allocator): one knocked-out forward and one rerun
-    from mfutils.hooks import knockout, prefix_trace
+    from mfutils.model.hooks import knockout, prefix_trace
     with torch.no_grad():
         with knockout(mm, cuts[0], [0]):
             mm.model(**enc.inputs, logits_to_keep=1)

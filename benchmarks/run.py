@@ -112,7 +112,7 @@ def machine() -> dict[str, Any]:
 # Benchmarks
 # ------------------------------------------------------------------------------------------------
 def bench_sweep(mm: Any, samples: Sequence[Any], repeats: int, batch_size: int) -> dict[str, Any]:
-    from mfutils import flow
+    from mfutils.study import flow
 
     edges = list(flow.MAIN_EDGES)
     out: dict[str, Any] = {}
@@ -140,7 +140,7 @@ def bench_sweep(mm: Any, samples: Sequence[Any], repeats: int, batch_size: int) 
 
 def bench_heads(mm: Any, samples: Sequence[Any], repeats: int, batch_size: int, share: float = 0.05
                 ) -> dict[str, Any]:
-    from mfutils import heads
+    from mfutils.study import heads
 
     follow = heads.mfr(mm, samples, batch_size=batch_size)
     ident = [s for s, f in zip(samples, follow.tolist()) if f] or list(samples)
@@ -175,8 +175,8 @@ def bench_heads(mm: Any, samples: Sequence[Any], repeats: int, batch_size: int, 
 
 
 def bench_hooks(mm: Any, samples: Sequence[Any], repeats: int, batch_size: int) -> dict[str, Any]:
-    from mfutils.groups import encode
-    from mfutils.hooks import knockout, scale_heads
+    from mfutils.model.groups import encode
+    from mfutils.model.hooks import knockout, scale_heads
 
     enc = encode(mm, [s.prompt for s in samples[:batch_size]]).to(mm.device)
     B, T = enc.groups.shape
@@ -207,9 +207,9 @@ def bench_hooks(mm: Any, samples: Sequence[Any], repeats: int, batch_size: int) 
 
 _SWEEP_CHILD = """
 import os, sys
-from mfutils import flow
-from mfutils.models import load_model
-from mfutils.world import make_split
+from mfutils.study import flow
+from mfutils.model.loading import load_model
+from mfutils.data.world import make_split
 mm = load_model(sys.argv[1])
 flow.knockout_sweep(mm, make_split("test", int(sys.argv[2])), flow.MAIN_EDGES, k=1, progress=False)
 """
@@ -389,8 +389,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=None, help="samples per model (default 64, --quick 6)")
     args = p.parse_args(argv)
     from mfutils import seed_everything
-    from mfutils.models import load_model
-    from mfutils.world import make_split
+    from mfutils.model.loading import load_model
+    from mfutils.data.world import make_split
 
     repeats = args.repeats or (1 if args.quick else 5)
     n = args.samples or (6 if args.quick else 64)

@@ -1,7 +1,7 @@
-"""``python -m mfutils <command>``: see ``mfutils.cli``."""
+"""``python -m mfutils <command>``: see ``mfutils.run.cli``."""
 
 import sys
 
-from .cli import main
+from mfutils.run.cli import main
 
 sys.exit(main())

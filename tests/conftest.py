@@ -7,8 +7,8 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from mfutils.models import MLLM, RANDOM_ARCHS, random_model
-from mfutils.prompts import Prompt
+from mfutils.model.loading import MLLM, RANDOM_ARCHS, random_model
+from mfutils.data.prompts import Prompt
 
 import os as _os
 
@@ -21,7 +21,7 @@ if _os.environ.get("CI"):
 
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
-# The tiny models' vocabulary (passed explicitly, so these tests do not depend on mfutils.world).
+# The tiny models' vocabulary (passed explicitly, so these tests do not depend on mfutils.data.world).
 WORDS = tuple(
     "the object is a an red green blue yellow purple star circle square cross diamond answer based on "
     "image picture text what which color shape of ? . , in one word only please use describe".split()

@@ -8,11 +8,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mfutils.archs import ARCHS
-from mfutils.groups import edge_block, encode, render_prompt
-from mfutils.hooks import active_hooks, knockout, logit_lens, residual_stream, scale_heads
-from mfutils.models import MLLM, RANDOM_ARCHS, random_model
-from mfutils.world import make_sample
+from mfutils.model.archs import ARCHS
+from mfutils.model.groups import edge_block, encode, render_prompt
+from mfutils.model.hooks import active_hooks, knockout, logit_lens, residual_stream, scale_heads
+from mfutils.model.loading import MLLM, RANDOM_ARCHS, random_model
+from mfutils.data.world import make_sample
 
 ARCHS_TESTED = ("llava", "qwen2_vl", "qwen2_5_vl", "internvl")
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mfutils.chain import PLANNED, built_notebooks, run_chain
-from mfutils.paths import checkpoint_dir, model_slug
+from mfutils.run.chain import PLANNED, built_notebooks, run_chain
+from mfutils.core.paths import checkpoint_dir, model_slug
 
 
 @pytest.mark.parametrize("model", ["tiny", "random:llava", "random:qwen2_vl", "random:qwen2_5_vl", "random:internvl"])

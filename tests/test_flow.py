@@ -1,4 +1,4 @@
-"""Information flow (mfutils.flow): the sweep equals direct knockouts, no-ops are exact, identities hold."""
+"""Information flow (mfutils.study.flow): the sweep equals direct knockouts, no-ops are exact, identities hold."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from mfutils import flow
-from mfutils.groups import edge_block, encode
-from mfutils.hooks import knockout, logit_lens, residual_stream
-from mfutils.metrics import margins, targets_for
-from mfutils.models import MLLM, random_model
-from mfutils.world import Sample, make_split
+from mfutils.study import flow
+from mfutils.model.groups import edge_block, encode
+from mfutils.model.hooks import knockout, logit_lens, residual_stream
+from mfutils.measure.metrics import margins, targets_for
+from mfutils.model.loading import MLLM, random_model
+from mfutils.data.world import Sample, make_split
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +129,7 @@ def test_ldar(mm: MLLM, samples: list[Sample]) -> None:
     enc = encode(mm, [s.prompt for s in samples])
     g = enc.groups
     resid = residual_stream(mm, enc)
-    from mfutils.evaluate import candidate_ids
+    from mfutils.study.evaluate import candidate_ids
 
     img = [candidate_ids(mm, [s.image_answer])[0] for s in samples]
     txt = [candidate_ids(mm, [s.text_answer])[0] for s in samples]

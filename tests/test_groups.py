@@ -10,9 +10,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mfutils.groups import Encoded, SegmentNotFoundError, edge_block, encode
-from mfutils.models import MLLM, RANDOM_ARCHS
-from mfutils.prompts import GROUP_NAMES, Prompt
+from mfutils.model.groups import Encoded, SegmentNotFoundError, edge_block, encode
+from mfutils.model.loading import MLLM, RANDOM_ARCHS
+from mfutils.data.prompts import GROUP_NAMES, Prompt
 
 from conftest import WORDS
 
@@ -152,8 +152,8 @@ def test_empty_segment(mm_arch: MLLM, prompts: list[Prompt], text: str) -> None:
 
 def test_segment_search_skips_the_image_placeholder_and_partial_words() -> None:
     # found by hypothesis: "is" right after Qwen's image placeholder matched inside "<|vision_end|>"
-    from mfutils.models import random_model
-    from mfutils.prompts import Prompt
+    from mfutils.model.loading import random_model
+    from mfutils.data.prompts import Prompt
 
     words = ["the", "is", "this", "island"]
     for arch in ("qwen2_vl", "llava"):

@@ -1,4 +1,4 @@
-"""Head scores, head sets and the blocking/amplification measures of mfutils.heads (notebooks 03-06)."""
+"""Head scores, head sets and the blocking/amplification measures of mfutils.study.heads (notebooks 03-06)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from mfutils import heads
-from mfutils.groups import encode
-from mfutils.hooks import active_hooks, scale_heads
-from mfutils.metrics import answer_logits, margins, targets_for
-from mfutils.models import MLLM, random_model
-from mfutils.world import Sample, make_split
+from mfutils.study import heads
+from mfutils.model.groups import encode
+from mfutils.model.hooks import active_hooks, scale_heads
+from mfutils.measure.metrics import answer_logits, margins, targets_for
+from mfutils.model.loading import MLLM, random_model
+from mfutils.data.world import Sample, make_split
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,13 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mfutils.batching import BatchOutOfMemoryError, is_out_of_memory, run_batched
-from mfutils.groups import Encoded, edge_block, encode
-from mfutils.hooks import (KnockoutError, active_hooks, capture, check_head, knockout, logit_lens, prefix_trace,
+from mfutils.model.batching import BatchOutOfMemoryError, is_out_of_memory, run_batched
+from mfutils.model.groups import Encoded, edge_block, encode
+from mfutils.model.hooks import (KnockoutError, active_hooks, capture, check_head, knockout, logit_lens, prefix_trace,
                            residual_stream, scale_heads)
-from mfutils.metrics import answer_logits
-from mfutils.models import MLLM, RANDOM_ARCHS
-from mfutils.prompts import GROUP_NAMES, Prompt
+from mfutils.measure.metrics import answer_logits
+from mfutils.model.loading import MLLM, RANDOM_ARCHS
+from mfutils.data.prompts import GROUP_NAMES, Prompt
 
 
 @pytest.fixture

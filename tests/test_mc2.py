@@ -17,10 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from mfutils import mc2
-from mfutils.groups import encode
-from mfutils.metrics import answer_logits, follows, margins, targets_for, targets_from_candidates
-from mfutils.models import random_model
+from mfutils.data import mc2
+from mfutils.model.groups import encode
+from mfutils.measure.metrics import answer_logits, follows, margins, targets_for, targets_from_candidates
+from mfutils.model.loading import random_model
 
 def _shared_file() -> Path:
     """The MC2 file: $MF_MC2_JSON, else shared/mc2/ beside the checkout or inside it (git-ignored)."""
@@ -187,7 +187,7 @@ def test_load_records_names_the_file_and_index(tmp_path: Path) -> None:
 @needs_file
 def test_manifest_round_trip_with_the_model_filter(records: list[dict[str, str]], tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from mfutils.datasets import load_split, manifest_dataset, write_manifest
+    from mfutils.data.datasets import load_split, manifest_dataset, write_manifest
 
     monkeypatch.setenv("MF_OUT", str(tmp_path / "out"))
     coco = tmp_path / "coco"
@@ -232,9 +232,9 @@ def test_notebook_chain_on_mc2_with_stand_in_images(records: list[dict[str, str]
     (Random weights: smoke only. About 2 minutes on 2 cores.)"""
     import papermill as pm
 
-    from mfutils.chain import kernel_name
-    from mfutils.datasets import manifest_dataset
-    from mfutils.paths import model_slug, notebooks_dir, results_dir
+    from mfutils.run.chain import kernel_name
+    from mfutils.data.datasets import manifest_dataset
+    from mfutils.core.paths import model_slug, notebooks_dir, results_dir
 
     monkeypatch.setenv("MF_OUT", str(tmp_path / "out"))
     coco = tmp_path / "coco"

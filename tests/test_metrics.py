@@ -6,10 +6,10 @@ import math
 
 import torch
 
-from mfutils.groups import encode
-from mfutils.metrics import Targets, answer_logits, flips, follows, inssd, margins, targets_for
-from mfutils.models import random_model
-from mfutils.world import make_samples
+from mfutils.model.groups import encode
+from mfutils.measure.metrics import Targets, answer_logits, flips, follows, inssd, margins, targets_for
+from mfutils.model.loading import random_model
+from mfutils.data.world import make_samples
 
 
 def test_margin_is_the_log_odds_of_the_pair_and_unconstrained_is_the_probability_gap() -> None:
@@ -55,8 +55,8 @@ def test_targets_for_mixes_world_and_candidate_list_samples() -> None:
     """World samples keep their one-token targets; MC2 samples get the candidate-list ones, in order."""
     import numpy as np
 
-    from mfutils import mc2
-    from mfutils.metrics import targets_from_candidates
+    from mfutils.data import mc2
+    from mfutils.measure.metrics import targets_from_candidates
 
     mm = random_model("qwen2_vl", n_layers=1)
     world = make_samples(2, 3, ["follow_image", "follow_text"])
@@ -78,8 +78,8 @@ def test_targets_for_mixes_world_and_candidate_list_samples() -> None:
 
 
 def test_candidate_ids_of_multi_token_words_use_the_first_token() -> None:
-    from mfutils.evaluate import candidate_ids
-    from mfutils.metrics import first_token_ids
+    from mfutils.study.evaluate import candidate_ids
+    from mfutils.measure.metrics import first_token_ids
 
     mm = random_model("llava", n_layers=1)
     assert candidate_ids(mm, ["red", "green"]) == [mm.tokenizer.convert_tokens_to_ids(w) for w in ("red", "green")]

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from mfutils.archs import ARCHS, spec_for_model_type
-from mfutils.models import RANDOM_ARCHS, ModelNotFoundError, load_model
+from mfutils.model.archs import ARCHS, spec_for_model_type
+from mfutils.model.loading import RANDOM_ARCHS, ModelNotFoundError, load_model
 
 
 def test_unknown_name_is_a_clear_error() -> None:
@@ -58,15 +58,15 @@ import json
 
 import torch
 
-from mfutils.archs import UnsupportedArchitectureError
-from mfutils.models import CheckpointError, default_dtype, random_model
+from mfutils.model.archs import UnsupportedArchitectureError
+from mfutils.model.loading import CheckpointError, default_dtype, random_model
 
 
 @pytest.fixture(scope="module")
 def saved_internvl(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.Tensor]:
     """A random InternVL saved as a checkpoint folder, and its logits on one prompt."""
-    from mfutils.groups import encode
-    from mfutils.world import make_sample
+    from mfutils.model.groups import encode
+    from mfutils.data.world import make_sample
 
     mm = random_model("internvl", n_layers=2)
     path = tmp_path_factory.mktemp("internvl")
@@ -78,8 +78,8 @@ def saved_internvl(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torc
 
 
 def test_device_auto_loads_through_accelerate(saved_internvl: tuple[Path, torch.Tensor]) -> None:
-    from mfutils.groups import encode
-    from mfutils.world import make_sample
+    from mfutils.model.groups import encode
+    from mfutils.data.world import make_sample
 
     path, ref = saved_internvl
     mm = load_model(str(path), device="auto")

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mfutils.chain import (ChainParameterError, STATE_FILE, built_notebooks, check_parameters, parse_parameter,
+from mfutils.run.chain import (ChainParameterError, STATE_FILE, built_notebooks, check_parameters, parse_parameter,
                            strip_provenance)
-from mfutils.paths import atomic_output, atomic_write_text
+from mfutils.core.paths import atomic_output, atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -92,7 +92,7 @@ def test_atomic_output_leaves_nothing_on_error(tmp_path: Path) -> None:
 def test_a_process_killed_while_writing_leaves_the_old_file(tmp_path: Path) -> None:
     target = tmp_path / "doc.json"
     atomic_write_text(target, '{"v": 1}')
-    code = ("import sys, time\nfrom mfutils.paths import atomic_output\n"
+    code = ("import sys, time\nfrom mfutils.core.paths import atomic_output\n"
             f"with atomic_output({str(target)!r}) as tmp:\n"
             "    f = open(tmp, 'w'); f.write('{\"v\": 2, '); f.flush(); print('writing', flush=True); time.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT)

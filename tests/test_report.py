@@ -1,4 +1,4 @@
-"""The verdict rules of paper/claims.yaml, applied by mfutils.report, on constructed results."""
+"""The verdict rules of paper/claims.yaml, applied by mfutils.present.report, on constructed results."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mfutils import report
-from mfutils.paths import results_dir
+from mfutils.present import report
+from mfutils.core.paths import results_dir
 
 
 def _curve(values: list[float], half_width: float = 0.02, n: int = 100) -> dict:

@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from mfutils.card import RETRAIN_TOLERANCE
-from mfutils.evaluate import EVAL_CATEGORIES, evaluate
-from mfutils.models import load_model
-from mfutils.paths import checkpoint_dir
-from mfutils.provenance import sha256_file
+from mfutils.present.card import RETRAIN_TOLERANCE
+from mfutils.study.evaluate import EVAL_CATEGORIES, evaluate
+from mfutils.model.loading import load_model
+from mfutils.core.paths import checkpoint_dir
+from mfutils.core.provenance import sha256_file
 
 CK = checkpoint_dir()
 

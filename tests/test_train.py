@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mfutils.models import load_model
-from mfutils.train import TrainConfig, train
+from mfutils.model.loading import load_model
+from mfutils.study.train import TrainConfig, train
 
 
 def test_thirty_steps_lower_the_loss_and_write_a_loadable_checkpoint(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Headless tests of mfutils.widgets: set widget values as a user would, assert on what changed.
+"""Headless tests of mfutils.present.widgets: set widget values as a user would, assert on what changed.
 
 The explorers run on the shipped tiny model and a few held-out samples; every readout is checked against the
 library function it shows (knockout margins, heads.mfr), and no hook may stay on the model.
@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from mfutils import heads, widgets
-from mfutils.groups import encode
-from mfutils.hooks import active_hooks, knockout
-from mfutils.metrics import answer_logits, margins, targets_for
-from mfutils.models import load_model
-from mfutils.world import make_split
+from mfutils.study import heads
+from mfutils.present import widgets
+from mfutils.model.groups import encode
+from mfutils.model.hooks import active_hooks, knockout
+from mfutils.measure.metrics import answer_logits, margins, targets_for
+from mfutils.model.loading import load_model
+from mfutils.data.world import make_split
 
 
 @pytest.fixture(scope="module")

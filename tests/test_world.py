@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mfutils.groups import encode
-from mfutils.models import RANDOM_ARCHS, random_model
-from mfutils.world import (CATEGORIES, CONFLICT_CATEGORIES, HELDOUT_TEMPLATES, INSTRUCTION_TEMPLATES, SPLITS,
+from mfutils.model.groups import encode
+from mfutils.model.loading import RANDOM_ARCHS, random_model
+from mfutils.data.world import (CATEGORIES, CONFLICT_CATEGORIES, HELDOUT_TEMPLATES, INSTRUCTION_TEMPLATES, SPLITS,
                            VARIANTS, counterparts, dataset_checksum, make_sample, make_samples, make_split,
                            vocabulary)
 

@@ -2,13 +2,13 @@
 
 Groups are found from the character spans of each prompt segment in the rendered text (tokenizer offset
 mapping), never from hard-coded positions, and are per sample, since left padding shifts positions
-(design section 3). The same code serves the tiny model and every real architecture in ``mfutils.archs``.
+(design section 3). The same code serves the tiny model and every real architecture in ``mfutils.model.archs``.
 
 Public API
 ----------
 encode(mm, prompts, answers=None) -> Encoded    render, process and find the token groups of a batch
 Encoded                 ``inputs`` (pass as ``mm.model(**enc.inputs)``), ``groups``, ``texts``
-TokenGroups             per-sample bool masks [B, T] for every name in ``mfutils.prompts.GROUP_NAMES``
+TokenGroups             per-sample bool masks [B, T] for every name in ``mfutils.data.prompts.GROUP_NAMES``
 edge_block(groups, src, dst) -> BoolTensor[B, T, T]   the attention edges dst-query -> src-key to cut
 edge_cut(groups, src, dst) -> (BoolTensor[B, T, T], BoolTensor[B])   those that exist (causal, no padding, no
                                                       self-edge), and whether both groups are present
@@ -20,7 +20,7 @@ Example::
 
     enc = encode(mm, prompts)
     logits = mm.model(**enc.inputs).logits                       # [B, T, V]
-    block = edge_block(enc.groups, "image", "last")              # cut last -> image, for mfutils.hooks.knockout
+    block = edge_block(enc.groups, "image", "last")              # cut last -> image, for mfutils.model.hooks.knockout
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from typing import Any, Sequence
 
 import torch
 
-from .models import MLLM
-from .prompts import GROUP_NAMES, Prompt
+from mfutils.model.loading import MLLM
+from mfutils.data.prompts import GROUP_NAMES, Prompt
 
 __all__ = ["encode", "Encoded", "TokenGroups", "edge_block", "edge_cut", "SegmentNotFoundError", "render_prompt", "load_image"]
 
@@ -317,7 +317,7 @@ def edge_cut(groups: "TokenGroups", src: Sequence[str], dst: Sequence[str]) -> t
 
     Example::
 
-        cut, valid = edge_cut(enc.groups, ["image"], ["last"])     # for mfutils.hooks.knockout
+        cut, valid = edge_cut(enc.groups, ["image"], ["last"])     # for mfutils.model.hooks.knockout
     """
     B, T = groups.shape
     block = edge_block(groups, list(src), list(dst))

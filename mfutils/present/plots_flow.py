@@ -1,7 +1,7 @@
-"""Figures of notebook 02 (information flow), drawn from the JSON document of ``mfutils.flow``.
+"""Figures of notebook 02 (information flow), drawn from the JSON document of ``mfutils.study.flow``.
 
 Every function takes an ``ax`` (or ``axes``) to draw into, or creates its own figure, and returns the
-figure; the theme is ``mfutils.plots.set_theme`` (seaborn colour-blind palette). Titles carry sample counts.
+figure; the theme is ``mfutils.present.plots.set_theme`` (seaborn colour-blind palette). Titles carry sample counts.
 
 Public API
 ----------
@@ -34,7 +34,7 @@ import seaborn as sns
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from .plots import COLUMN_WIDTH, set_theme
+from mfutils.present.plots import COLUMN_WIDTH, set_theme
 
 __all__ = ["EDGE_PANELS", "plot_knockout", "plot_knockout_panels", "plot_flip_rate", "plot_controls",
            "plot_saliency", "plot_ldar", "plot_dla", "plot_subspace", "plot_stability"]

@@ -1,10 +1,10 @@
 """Information flow of modality arbitration: knockout sweeps, saliency, LDAR, attention vs MLP, stability.
 
 The analyses of notebook 02 (design sections 1, 4, 5; claims C1-C4, C10-C12). Computation only; the
-figures live in ``mfutils.plots_flow``.
+figures live in ``mfutils.present.plots_flow``.
 
 Definitions marked (ours) are our reconstruction: the paper (arXiv 2602.03677) publishes only its
-abstract. INSSD is ``mfutils.metrics.inssd`` (binary-constraint margin change); LDAR is defined in
+abstract. INSSD is ``mfutils.measure.metrics.inssd`` (binary-constraint margin change); LDAR is defined in
 ``ldar``; the "instruction-compliant subspace" projection in ``dla``.
 
 Public API
@@ -49,16 +49,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .evaluate import candidate_ids
-from .groups import edge_cut, encode
-from .batching import run_batched
-from .hooks import capture, knockout, prefix_trace, residual_stream
-from .metrics import EPS, answer_logits, follows, inssd, margins, targets_for
-from .models import MLLM
-from .paths import atomic_output, results_dir
-from .prompts import Prompt
-from .stats import proportion, summarize
-from .world import Sample
+from mfutils.study.evaluate import candidate_ids
+from mfutils.model.groups import edge_cut, encode
+from mfutils.model.batching import run_batched
+from mfutils.model.hooks import capture, knockout, prefix_trace, residual_stream
+from mfutils.measure.metrics import EPS, answer_logits, follows, inssd, margins, targets_for
+from mfutils.model.loading import MLLM
+from mfutils.core.paths import atomic_output, results_dir
+from mfutils.data.prompts import Prompt
+from mfutils.measure.stats import proportion, summarize
+from mfutils.data.world import Sample
 
 __all__ = [
     "EDGES", "MAIN_EDGES", "CONTROL_EDGES", "SALIENCY_PAIRS", "SUBSETS", "FRACTIONS", "windows", "parse_edge",
@@ -252,7 +252,7 @@ def knockout_sweep(mm: MLLM, samples: Sequence[Sample], edges: Sequence[str], k:
     benchmarks/RESULTS.md for whether it pays on a given machine.
     A sample whose cut removes no existing attention edge (e.g. the source comes after the destination)
     keeps its baseline margin exactly; a sample lacking the edge's source or destination group gets NaN.
-    Batches that run out of memory are retried at half the size (``mfutils.batching``). Shapes: ``base``
+    Batches that run out of memory are retried at half the size (``mfutils.model.batching``). Shapes: ``base``
     [N], ``knocked`` [E, W, N] with W = L - k + 1. ``info["forward_equivalents"]``: decoder work in full
     forwards of one batch, summed over batches (machine-independent cost).
 

@@ -44,7 +44,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .prompts import Prompt
+from mfutils.data.prompts import Prompt
 
 __all__ = [
     "COLORS", "SHAPES", "ATTRIBUTES", "CATEGORIES", "CONFLICT_CATEGORIES", "VARIANTS", "TRAIN_MIX",
@@ -390,7 +390,7 @@ def counterparts(sample: Sample) -> tuple[Sample, Sample]:
 
     MC2 samples (``source == "mc2"``) get the same two versions; the text-only one has a plain grey image."""
     if sample.source == "mc2":
-        from .mc2 import counterparts_mc2
+        from mfutils.data.mc2 import counterparts_mc2
 
         return counterparts_mc2(sample)
     if sample.image_attrs is None or sample.text_attrs is None:

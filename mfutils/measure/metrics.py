@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .models import MLLM
+from mfutils.model.loading import MLLM
 
 __all__ = ["Targets", "targets_for", "targets_from_candidates", "first_token_ids", "CandidateOverlapError",
            "margins", "inssd", "flips", "follows", "answer_logits", "EPS"]
@@ -64,7 +64,7 @@ class CandidateOverlapError(ValueError):
 
 def _answer_prefix(mm: MLLM) -> str:
     """The rendered text that an answer follows (the end of the chat template after the user turn)."""
-    from .groups import _SENTINEL, _chat_template, _render_chat
+    from mfutils.model.groups import _SENTINEL, _chat_template, _render_chat
 
     if _chat_template(mm):
         return _render_chat(mm, [{"type": "text", "text": _SENTINEL}]).split(_SENTINEL, 1)[1]
@@ -144,7 +144,7 @@ def targets_from_candidates(mm: MLLM, samples: Sequence[Any]) -> Targets:
                 f"sample {s.index} ({(s.meta or {}).get('task', s.category)}): the image-side candidates "
                 f"{list(lists['image'])} and the text-side candidates {list(lists['text'])} start with the same "
                 f"tokens for {mm.name!r}, so P+ and P- cannot be told apart. Drop the sample "
-                "(mfutils.mc2.scorable(mm, samples) does) or give candidates with distinct first tokens."
+                "(mfutils.data.mc2.scorable(mm, samples) does) or give candidates with distinct first tokens."
             )
         p_side, n_side = _sides(s)
         pos.append(ids[p_side])
@@ -169,7 +169,7 @@ def targets_for(mm: MLLM, samples: Sequence[Any]) -> Targets:
 
         t = targets_for(mm, samples)          # world and MC2 samples alike
     """
-    from .evaluate import candidate_ids
+    from mfutils.study.evaluate import candidate_ids
 
     if any(_has_candidate_lists(s) for s in samples):
         parts = [targets_from_candidates(mm, [s]) if _has_candidate_lists(s) else targets_for(mm, [s]) for s in samples]

@@ -6,7 +6,7 @@ small Python API (``set_*`` methods, readout widgets, the numbers behind them) s
 drive it headless, as ipywidgets' own tests do, and stable CSS classes (``mf-*``) for browser tests. Heavy work
 stays responsive: the unhooked forward of each sample is cached, sliders fire on release
 (``continuous_update=False``), head-board clicks are debounced, and a busy indicator shows while a forward runs.
-Interventions are the context managers of ``mfutils.hooks``, so no hook outlives a computation.
+Interventions are the context managers of ``mfutils.model.hooks``, so no hook outlives a computation.
 
 Public API
 ----------
@@ -50,13 +50,13 @@ import ipywidgets as widgets
 import numpy as np
 import torch
 
-from .display import GROUP_COLORS, legend_html, tokens_html
-from .groups import Encoded, edge_cut, encode
-from .hooks import check_head, knockout, scale_heads
-from .metrics import Targets, answer_logits, follows, margins, targets_for
-from .models import MLLM
-from .prompts import GROUP_NAMES
-from .stats import proportion
+from mfutils.present.display import GROUP_COLORS, legend_html, tokens_html
+from mfutils.model.groups import Encoded, edge_cut, encode
+from mfutils.model.hooks import check_head, knockout, scale_heads
+from mfutils.measure.metrics import Targets, answer_logits, follows, margins, targets_for
+from mfutils.model.loading import MLLM
+from mfutils.data.prompts import GROUP_NAMES
+from mfutils.measure.stats import proportion
 
 __all__ = ["sample_browser", "knockout_explorer", "head_board", "attention_view", "answer_summary",
            "SampleBrowser", "KnockoutExplorer", "HeadBoard", "AttentionView", "HEAD_STATES"]
@@ -79,7 +79,7 @@ def _sample_label(i: int, s: Any) -> str:
 def _sample_dropdown(samples: Sequence[Any], description: str = "sample") -> widgets.Dropdown:
     if not samples:
         raise ValueError("the explorers need at least one sample: pass a non-empty list of world samples "
-                         "(e.g. mfutils.datasets.load_split(model, 'test')[:32])")
+                         "(e.g. mfutils.data.datasets.load_split(model, 'test')[:32])")
     dd = widgets.Dropdown(options=[(_sample_label(i, s), i) for i, s in enumerate(samples)], value=0,
                           description=description, layout=widgets.Layout(width="420px"))
     dd.add_class("mf-sample")
@@ -475,7 +475,7 @@ class HeadBoard(widgets.VBox):
     def __init__(self, mm: MLLM, scores: Any, samples: Sequence[Any], batch: Sequence[Any],
                  identified: Sequence[Head] | None = None, alpha: float = 4.0, debounce_s: float = 0.3,
                  batch_size: int = 64, score_source: str = "head score of notebook 03") -> None:
-        from .heads import top_heads
+        from mfutils.study.heads import top_heads
 
         self.mm, self.samples, self.batch = mm, list(samples), list(batch)
         L, H = mm.n_layers, mm.n_heads

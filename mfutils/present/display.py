@@ -22,9 +22,9 @@ from typing import Any, Sequence
 import matplotlib.pyplot as plt
 import seaborn as sns
 
-from .groups import Encoded
-from .models import MLLM
-from .prompts import GROUP_NAMES
+from mfutils.model.groups import Encoded
+from mfutils.model.loading import MLLM
+from mfutils.data.prompts import GROUP_NAMES
 
 __all__ = ["GROUP_COLORS", "tokens_html", "legend_html", "plot_gallery"]
 
@@ -64,7 +64,7 @@ def tokens_html(mm: MLLM, enc: Encoded, i: int, collapse_image: bool = True) -> 
 
 def plot_gallery(samples: Sequence[Any], ncols: int = 3, width: float = 7.0) -> plt.Figure:
     """A grid of sample images, each captioned with its category, question, instruction and answers."""
-    from .plots import set_theme
+    from mfutils.present.plots import set_theme
 
     set_theme()
     nrows = (len(samples) + ncols - 1) // ncols

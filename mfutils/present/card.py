@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .provenance import git_commit, sha256_file
+from mfutils.core.provenance import git_commit, sha256_file
 
 __all__ = ["write_card", "DESIGN_NOTES", "RETRAIN_TOLERANCE"]
 
@@ -65,10 +65,10 @@ def _fmt(r: dict[str, Any]) -> str:
 def write_card(folder: Path, n: int = 1000, seed: int = 1001) -> dict[str, Any]:
     """Evaluate the checkpoint in ``folder`` on ``n`` held-out samples per category (stream ``seed``) and
     write ``model_card.json``, ``MODEL_CARD.md`` and the training-curve figure beside the weights."""
-    from .evaluate import EVAL_CATEGORIES, evaluate
-    from .models import load_model
-    from .plots import plot_training_curve, save_figure
-    from .world import HELDOUT_TEMPLATES
+    from mfutils.study.evaluate import EVAL_CATEGORIES, evaluate
+    from mfutils.model.loading import load_model
+    from mfutils.present.plots import plot_training_curve, save_figure
+    from mfutils.data.world import HELDOUT_TEMPLATES
 
     folder = Path(folder)
     log_path = folder / "train_log.json"
@@ -106,7 +106,7 @@ def write_card(folder: Path, n: int = 1000, seed: int = 1001) -> dict[str, Any]:
 
 A tiny multimodal LLM of a real architecture (transformers `LlavaForConditionalGeneration`: CLIP vision
 tower + Llama decoder), trained from scratch on CPU by this repository's own code on the synthetic
-modality-conflict world of `mfutils.world`. It exists so that every notebook of the study runs on a
+modality-conflict world of `mfutils.data.world`. It exists so that every notebook of the study runs on a
 laptop; it is not a model of language or vision beyond that world.
 
 | | |

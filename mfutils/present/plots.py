@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import matplotlib.pyplot as plt
 import seaborn as sns
 
-from .paths import atomic_output, figures_dir
+from mfutils.core.paths import atomic_output, figures_dir
 
 __all__ = ["set_theme", "save_figure", "plot_training_curve", "plot_accuracy_bars", "COLUMN_WIDTH"]
 

@@ -1,11 +1,11 @@
 """Versioned datasets of a chain run: notebook 01 writes a manifest, later notebooks load and verify it.
 
 The manifest (``results/<model>/data_manifest.json``) records, for each named split of
-``mfutils.world.SPLITS``, its size, seed and sha256 checksum, and the world's ``DATASET_VERSION``. A later
+``mfutils.data.world.SPLITS``, its size, seed and sha256 checksum, and the world's ``DATASET_VERSION``. A later
 notebook regenerates the split from its seed and refuses to go on if the checksum differs (the world's
 code changed since notebook 01 ran).
 
-With ``dataset="mc2"`` the same split names are built from the MC2 file (``mfutils.mc2.build_splits``,
+With ``dataset="mc2"`` the same split names are built from the MC2 file (``mfutils.data.mc2.build_splits``,
 filtered per model when a model is given) and the manifest records the file's path and sha256, the COCO
 root, and each split's sample keys (record, instruction, option order), so later notebooks rebuild exactly
 the same samples without running the filter again.
@@ -30,8 +30,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .paths import atomic_write_text, results_dir
-from .world import DATASET_VERSION, SPLITS, Sample, dataset_checksum, make_split
+from mfutils.core.paths import atomic_write_text, results_dir
+from mfutils.data.world import DATASET_VERSION, SPLITS, Sample, dataset_checksum, make_split
 
 __all__ = ["DEFAULT_SIZES", "SMOKE_SIZES", "write_manifest", "load_split", "DatasetMismatchError", "manifest_path",
            "manifest_dataset", "DATASETS", "MC2_SIZES"]
@@ -65,7 +65,7 @@ def write_manifest(model: str, sizes: dict[str, int], dataset: str = "world", mc
                    coco_root: str = "", mm: Any = None, model_filter: bool = True, form: str = "open") -> dict[str, Any]:
     """Generate every split at ``sizes`` and record seed (world) or sample keys (MC2), size and checksum
     (written atomically). ``dataset="mc2"`` needs ``mc2_json`` and ``coco_root``; with ``mm`` the MC2 samples
-    are filtered for that model (``mfutils.mc2.build_splits``), and the split sizes are upper bounds.
+    are filtered for that model (``mfutils.data.mc2.build_splits``), and the split sizes are upper bounds.
 
     Example::
 
@@ -92,7 +92,7 @@ def _write_mc2_manifest(model: str, sizes: dict[str, int], mc2_json: str, coco_r
                         model_filter: bool, form: str) -> dict[str, Any]:
     from pathlib import Path
 
-    from . import mc2
+    from mfutils.data import mc2
 
     if not mc2_json or not coco_root:
         raise ValueError("dataset='mc2' needs mc2_json=<path to evaluate_final.json> and coco_root=<COCO 2014 folder>")
@@ -125,7 +125,7 @@ def _read_manifest(model: str) -> dict[str, Any]:
 
 
 def _load_mc2_split(model: str, name: str, manifest: dict[str, Any]) -> list[Sample]:
-    from . import mc2
+    from mfutils.data import mc2
 
     entry = manifest["splits"][name]
     got_sha = mc2.file_sha256(manifest["mc2_json"]) if _exists(manifest["mc2_json"]) else None
@@ -142,7 +142,7 @@ def _load_mc2_split(model: str, name: str, manifest: dict[str, Any]) -> list[Sam
     samples = mc2.split_samples(name, records, images, entry["keys"], form=manifest.get("form", "open"))
     if dataset_checksum(samples) != entry["sha256"]:
         raise DatasetMismatchError(f"MC2 split {name!r} rebuilt now differs from the manifest {manifest_path(model)} "
-                                   "(mfutils.mc2 changed since notebook 01 ran): rerun the chain from 01")
+                                   "(mfutils.data.mc2 changed since notebook 01 ran): rerun the chain from 01")
     return samples
 
 

@@ -32,8 +32,8 @@ from typing import Any, Iterable
 import torch
 import torch.nn as nn
 
-from .archs import ARCHS, ArchSpec, get_module, spec_for_model_type
-from .paths import checkpoint_dir
+from mfutils.model.archs import ARCHS, ArchSpec, get_module, spec_for_model_type
+from mfutils.core.paths import checkpoint_dir
 
 __all__ = [
     "MLLM",
@@ -181,7 +181,7 @@ def build_word_tokenizer(words: Iterable[str], image_token: str = "<image>",
     tiny architectures; ``image_token`` is the one its processor expands (``ArchSpec.image_token``).
     ``specials``: extra named special tokens an architecture's processor reads from its tokenizer
     (``ArchSpec.tokenizer_specials``, e.g. InternVL's ``start_image_token``); they get ids after every word,
-    so the ids of the other tokens do not depend on them. Offsets mapping works, which ``mfutils.groups``
+    so the ids of the other tokens do not depend on them. Offsets mapping works, which ``mfutils.model.groups``
     relies on.
     """
     specials = tuple(specials)
@@ -319,7 +319,7 @@ def random_model(arch: str, *, seed: int = 0, n_layers: int = 4, words: Iterable
         raise ValueError(f"unknown random architecture {arch!r}; use one of "
                          f"{', '.join('random:' + a for a in RANDOM_ARCHS)}")
     if words is None:
-        from .world import vocabulary
+        from mfutils.data.world import vocabulary
 
         words = vocabulary()
     tok = build_word_tokenizer(words, image_token=ARCHS[arch].image_token, specials=ARCHS[arch].tokenizer_specials)
@@ -458,7 +458,7 @@ def load_model(name: str = DEFAULT_MODEL, *, attn_implementation: str = "sdpa", 
 
     import transformers
 
-    from .archs import UnsupportedArchitectureError
+    from mfutils.model.archs import UnsupportedArchitectureError
 
     if attn_implementation not in SUPPORTED_ATTN:
         raise ValueError(f"attention implementation {attn_implementation!r} not supported; use one of {SUPPORTED_ATTN}")
@@ -485,7 +485,7 @@ def load_model(name: str = DEFAULT_MODEL, *, attn_implementation: str = "sdpa", 
     try:
         model = cls.from_pretrained(path, local_files_only=True, **kwargs)
     except (OSError, RuntimeError, ValueError) as exc:
-        from .batching import is_out_of_memory
+        from mfutils.model.batching import is_out_of_memory
 
         if is_out_of_memory(exc) or (isinstance(exc, ValueError) and "device_map" in str(exc)):
             raise                 # not a checkpoint problem: memory, or accelerate's placement

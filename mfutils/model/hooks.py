@@ -42,8 +42,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .groups import Encoded
-from .models import MLLM
+from mfutils.model.groups import Encoded
+from mfutils.model.loading import MLLM
 
 __all__ = ["knockout", "scale_heads", "capture", "Captured", "residual_stream", "logit_lens", "active_hooks",
            "KnockoutError", "PrefixTrace", "prefix_trace", "check_head"]
@@ -105,7 +105,7 @@ def knockout(mm: MLLM, block: torch.Tensor, layers: Iterable[int],
              heads: Sequence[int] | None = None) -> Iterator[None]:
     """Cut attention edges in ``layers``: query q of sample b may not attend to key k where ``block[b, q, k]``.
 
-    ``block``: BoolTensor [B, T, T] over the full sequence (see ``mfutils.groups.edge_block``); ``heads``:
+    ``block``: BoolTensor [B, T, T] over the full sequence (see ``mfutils.model.groups.edge_block``); ``heads``:
     query heads to cut (default all). Works by rewriting the ``attention_mask`` that the decoder layer passes
     to self-attention, in a forward pre-hook. Attention must see all T keys; it may see only the last q <= T
     queries (a rerun of the trailing rows against cached keys, as ``PrefixTrace.rerun`` does), in which case

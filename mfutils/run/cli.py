@@ -30,10 +30,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
     import torch
     import transformers
 
-    from . import __version__
-    from .chain import describe_chain
-    from .models import RANDOM_ARCHS
-    from .paths import checkpoint_dir, repo_root
+    from mfutils import __version__
+    from mfutils.run.chain import describe_chain
+    from mfutils.model.loading import RANDOM_ARCHS
+    from mfutils.core.paths import checkpoint_dir, repo_root
 
     print(f"mfutils {__version__}  torch {torch.__version__}  transformers {transformers.__version__}")
     print(f"repository: {repo_root()}")
@@ -47,7 +47,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     import torch
 
-    from .train import TrainConfig, train
+    from mfutils.study.train import TrainConfig, train
 
     torch.manual_seed(args.seed)
     cfg = TrainConfig(seed=args.seed, steps=args.steps)
@@ -55,7 +55,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     print(f"training the tiny model: {cfg.steps} steps of batch {cfg.batch_size} -> {out}", flush=True)
     train(cfg, out, eval_n=args.monitor_n, command=command, progress=not args.no_progress)
-    from .card import write_card
+    from mfutils.present.card import write_card
 
     write_card(out, n=args.eval_n, seed=args.eval_seed)
     print(f"wrote {out} and its model card ({out / 'MODEL_CARD.md'})")
@@ -63,7 +63,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_card(args: argparse.Namespace) -> int:
-    from .card import write_card
+    from mfutils.present.card import write_card
 
     write_card(Path(args.model), n=args.n, seed=args.seed)
     print(f"wrote {Path(args.model) / 'MODEL_CARD.md'}")
@@ -71,8 +71,8 @@ def _cmd_card(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import EVAL_CATEGORIES, evaluate
-    from .models import load_model
+    from mfutils.study.evaluate import EVAL_CATEGORIES, evaluate
+    from mfutils.model.loading import load_model
 
     if args.dataset == "mc2" and (not args.mc2_json or not args.coco_root):
         print("mf eval --dataset mc2 needs --mc2-json <evaluate_final.json> and --coco-root <COCO 2014 folder>",
@@ -81,7 +81,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     mm = load_model(args.model, device=args.device)
     t0 = time.time()
     if args.dataset == "mc2":
-        from . import mc2
+        from mfutils.data import mc2
 
         records = mc2.load_records(args.mc2_json)[: args.n]
         images = mc2.find_images(records, args.coco_root)
@@ -109,7 +109,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from .chain import parse_parameter, run_chain
+    from mfutils.run.chain import parse_parameter, run_chain
 
     params = dict(parse_parameter(t) for t in args.param)
     for name in ("dataset", "mc2_json", "coco_root"):  # passed only when given: the world needs none of them
@@ -120,7 +120,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def _cmd_store_checked(args: argparse.Namespace) -> int:
-    from .chain import store_checked_outputs
+    from mfutils.run.chain import store_checked_outputs
 
     changed = store_checked_outputs(args.model)
     print("updated: " + (", ".join(changed) if changed else "nothing (no executed copies or no checked cells)"))
@@ -128,8 +128,8 @@ def _cmd_store_checked(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .train import TrainConfig
-    from .world import HELDOUT_SEEDS, TRAIN_SEED
+    from mfutils.study.train import TrainConfig
+    from mfutils.data.world import HELDOUT_SEEDS, TRAIN_SEED
 
     p = argparse.ArgumentParser(prog="mf", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")

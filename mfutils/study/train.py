@@ -34,10 +34,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .groups import render_prompt
-from .models import MLLM, build_processor, build_word_tokenizer
-from .archs import ARCHS
-from .world import IMAGE_SIZE, TRAIN_MIX, TRAIN_SEED, VARIANT_MIX, Sample, make_samples, vocabulary
+from mfutils.model.groups import render_prompt
+from mfutils.model.loading import MLLM, build_processor, build_word_tokenizer
+from mfutils.model.archs import ARCHS
+from mfutils.data.world import IMAGE_SIZE, TRAIN_MIX, TRAIN_SEED, VARIANT_MIX, Sample, make_samples, vocabulary
 
 __all__ = ["TrainConfig", "build_tiny_model", "train", "batch_inputs", "render_text"]
 
@@ -134,9 +134,9 @@ def train(cfg: TrainConfig, out_dir: Path, *, eval_n: int = 256, command: str = 
     The folder is written to a temporary sibling and renamed at the end, so an interrupted run never
     leaves a half-written checkpoint. Returns the card (a dict).
     """
-    from .evaluate import evaluate, quick_accuracy
+    from mfutils.study.evaluate import evaluate, quick_accuracy
 
-    from . import seed_everything
+    from mfutils import seed_everything
 
     out_dir = Path(out_dir)
     seed_everything(cfg.seed)

@@ -23,9 +23,9 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .models import MLLM
-from .stats import proportion
-from .world import Sample, make_samples
+from mfutils.model.loading import MLLM
+from mfutils.measure.stats import proportion
+from mfutils.data.world import Sample, make_samples
 
 __all__ = ["EVAL_CATEGORIES", "predict", "evaluate", "quick_accuracy", "candidate_ids"]
 
@@ -45,7 +45,7 @@ def candidate_ids(mm: MLLM, words: Sequence[str]) -> list[int]:
     """
     ids = list(_candidate_ids(mm.tokenizer, mm.name, tuple(words)))
     if any(i is None for i in ids):
-        from .metrics import first_token_ids
+        from mfutils.measure.metrics import first_token_ids
 
         resolved = []
         for i, w in zip(ids, words):
@@ -77,7 +77,7 @@ def _candidate_ids(tokenizer: Any, name: str, words: tuple[str, ...]) -> tuple[i
 def predict(mm: MLLM, samples: Sequence[Sample], batch_size: int = 128, progress: bool = False) -> list[dict[str, Any]]:
     """Per-sample answer: ``pred``, ``correct``, ``follows_other`` and the log-odds ``margin`` of the answer
     over the other modality's answer (conflict samples) or over the best wrong candidate."""
-    from .train import batch_inputs
+    from mfutils.study.train import batch_inputs
 
     out: list[dict[str, Any]] = []
     mm.model.eval()

@@ -21,7 +21,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .paths import repo_root
+from mfutils.core.paths import repo_root
 
 __all__ = ["git_commit", "sha256_file", "environment"]
 

@@ -2,7 +2,7 @@
 
 MC2's evaluation file (``evaluate_final.json``: 2,000 records of image_id, task, question, answer_vision,
 answer_text, context) is read from a path the user gives; its COCO 2014 images from a COCO root. Each record
-becomes samples of the same ``mfutils.world.Sample`` type the notebooks use: prompt segments image, context,
+becomes samples of the same ``mfutils.data.world.Sample`` type the notebooks use: prompt segments image, context,
 instruction, question, constraint (MC2's order: the text context, then the instruction, then the question,
 after the image), with candidate-answer lists for each side, so every measure of the chain applies unchanged
 (``metrics.targets_for`` dispatches on the candidate lists).
@@ -44,8 +44,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .prompts import Prompt
-from .world import Sample
+from mfutils.data.prompts import Prompt
+from mfutils.data.world import Sample
 
 __all__ = [
     "MC2_FIELDS", "FOLLOW_IMAGE", "FOLLOW_TEXT", "CONSTRAINT_OPEN", "CONSTRAINT_MC", "SYSTEM_SENTENCE",
@@ -249,7 +249,7 @@ def counterparts_mc2(sample: Sample) -> tuple[Sample, Sample]:
 def scorable(mm: Any, samples: Sequence[Sample]) -> tuple[list[Sample], list[dict[str, Any]]]:
     """Split ``samples`` into those whose two sides' candidates have distinct first tokens for ``mm`` and the
     dropped ones (record, task, reason)."""
-    from .metrics import CandidateOverlapError, targets_from_candidates
+    from mfutils.measure.metrics import CandidateOverlapError, targets_from_candidates
 
     kept, dropped = [], []
     for s in samples:
@@ -265,8 +265,8 @@ def scorable(mm: Any, samples: Sequence[Sample]) -> tuple[list[Sample], list[dic
 def _correct(mm: Any, samples: Sequence[Sample], batch_size: int) -> list[bool]:
     import torch
 
-    from .groups import encode
-    from .metrics import answer_logits, follows, targets_for
+    from mfutils.model.groups import encode
+    from mfutils.measure.metrics import answer_logits, follows, targets_for
 
     out: list[bool] = []
     with torch.no_grad():
@@ -307,7 +307,7 @@ def filter_for_model(mm: Any, samples: Sequence[Sample], batch_size: int = 16) -
 
 
 # ------------------------------------------------------------------------------------------------
-# Splits of the chain (the MC2 analogues of mfutils.world.SPLITS)
+# Splits of the chain (the MC2 analogues of mfutils.data.world.SPLITS)
 # ------------------------------------------------------------------------------------------------
 # split name -> (record half, variant, kind): identification on one half of the records, everything else on
 # the other; the capability split holds the image-only and text-only counterparts of the test records.
@@ -399,7 +399,7 @@ def evaluate_mc2(mm: Any, samples: Sequence[Sample], batch_size: int = 16) -> di
 
         res = evaluate_mc2(mm, record_samples(records[:50], paths[:50]))    # res["follow_image"]["rate"]
     """
-    from .stats import proportion
+    from mfutils.measure.stats import proportion
 
     reps = {s.index: s for s in samples}
     pairs = [counterparts_mc2(s) for s in reps.values()]

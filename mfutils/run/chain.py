@@ -9,7 +9,7 @@ weights and the fingerprint of the notebook before it) and the sha256 of every f
 skips a notebook only when its fingerprint is unchanged and every recorded output is present with the same
 hash; from the first notebook that must run, every later notebook runs too. Before a notebook starts, its
 record and those after it are removed, so a run killed half-way never leaves a record that vouches for
-half-written outputs (the results themselves are written atomically by ``mfutils.paths.atomic_output``).
+half-written outputs (the results themselves are written atomically by ``mfutils.core.paths.atomic_output``).
 ``force=True`` (``make reproduce FORCE=1``) recomputes everything.
 
 Provenance. Every JSON results file a notebook writes gets a ``"provenance"`` block (git commit, package
@@ -50,7 +50,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .paths import atomic_write_text, figures_dir, notebooks_dir, output_root, repo_root, results_dir
+from mfutils.core.paths import atomic_write_text, figures_dir, notebooks_dir, output_root, repo_root, results_dir
 
 __all__ = ["PLANNED", "built_notebooks", "describe_chain", "run_chain", "kernel_name", "store_checked_outputs",
            "notebook_parameters", "check_parameters", "parse_parameter", "ChainParameterError", "model_identity",
@@ -198,7 +198,7 @@ def parse_parameter(text: str) -> tuple[str, Any]:
 # Fingerprints, outputs, provenance
 # ------------------------------------------------------------------------------------------------
 def _sha256(path: Path) -> str:
-    from .provenance import sha256_file
+    from mfutils.core.provenance import sha256_file
 
     return sha256_file(path)
 
@@ -218,26 +218,33 @@ def _source_fingerprint(nb: Path) -> str:
     return h.hexdigest()
 
 
-# Modules that compute nothing a results file holds: they count only for the notebooks that use them.
-_INTERACTIVE_MODULES = ("widgets.py",)
+# Modules that compute nothing a results file holds (paths inside mfutils, without ".py"; a folder counts
+# with everything under it): they count only for the notebooks that use them.
+_INTERACTIVE_MODULES = ("present/widgets",)
+
+
+def _is_under(rel: str, prefix: str) -> bool:
+    return rel == f"{prefix}.py" or rel.startswith(f"{prefix}/")
 
 
 def _code_fingerprint(include: Sequence[str] = ()) -> str:
     """Hash of the mfutils package sources: a change in the code that computes results invalidates them.
-    The interactive modules (``widgets.py``) count only where ``include`` names them."""
+    The interactive modules (``present/widgets``) count only where ``include`` names them."""
     h = hashlib.sha256()
-    pkg = Path(__file__).resolve().parent
-    for p in sorted(pkg.glob("*.py")):
-        if p.name in _INTERACTIVE_MODULES and p.name not in include:
+    pkg = Path(__file__).resolve().parents[1]
+    for p in sorted(pkg.rglob("*.py")):
+        rel = p.relative_to(pkg).as_posix()
+        if any(_is_under(rel, m) and m not in include for m in _INTERACTIVE_MODULES):
             continue
-        h.update(p.name.encode())
+        h.update(rel.encode())
         h.update(p.read_bytes())
     return h.hexdigest()
 
 
 def _uses(nb: Path) -> list[str]:
     text = nb.read_text()
-    return [m for m in _INTERACTIVE_MODULES if f"mfutils.{m[:-3]}" in text or f"import {m[:-3]}" in text]
+    return [m for m in _INTERACTIVE_MODULES
+            if f"mfutils.{m.replace('/', '.')}" in text or f"import {m.rsplit('/', 1)[-1]}" in text]
 
 
 def model_identity(model: str) -> dict[str, Any]:
@@ -249,8 +256,8 @@ def model_identity(model: str) -> dict[str, Any]:
         model_identity("tiny")["weights"]["model.safetensors"][:12]
     """
     if model.startswith("random:"):
-        return {"name": model, "built": "random initialisation, seed 0, in mfutils.models.random_model (no file)"}
-    from .models import _resolve_path  # the same resolution load_model uses (local only, never a download)
+        return {"name": model, "built": "random initialisation, seed 0, in mfutils.model.loading.random_model (no file)"}
+    from mfutils.model.loading import _resolve_path  # the same resolution load_model uses (local only, never a download)
 
     path = _resolve_path(model)
     weights = {p.name: _sha256(p) for p in sorted(path.glob("*.safetensors"))} or \
@@ -359,7 +366,7 @@ def run_chain(model: str = "tiny", smoke: bool = False, only: Sequence[str] | No
     """
     import papermill as pm
 
-    from .provenance import environment
+    from mfutils.core.provenance import environment
 
     nbs = built_notebooks()
     if only:
@@ -454,7 +461,7 @@ def run_chain(model: str = "tiny", smoke: bool = False, only: Sequence[str] | No
           + f"; executed copies in {_rel(out_dir)}")
     if missing:
         print("NOT BUILT YET (nothing was run or reported for them): " + ", ".join(missing))
-    from .report import write_report
+    from mfutils.present.report import write_report
 
     path = write_report(model)
     print(f"wrote {_rel(path)}")

@@ -27,7 +27,7 @@ __all__ = ["repo_root", "output_root", "checkpoint_dir", "figures_dir", "results
 
 def repo_root() -> Path:
     env = os.environ.get("MF_ROOT")
-    return Path(env).resolve() if env else Path(__file__).resolve().parent.parent
+    return Path(env).resolve() if env else Path(__file__).resolve().parents[2]
 
 
 def output_root() -> Path:

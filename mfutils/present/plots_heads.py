@@ -1,8 +1,8 @@
 """Figures of notebooks 03-06: head scores, blocking, amplification, capability retention.
 
 Every function takes an optional ``ax`` (a new figure otherwise), draws from the numbers that
-``mfutils.heads`` computes or its JSON documents hold, and returns the figure; save it with
-``mfutils.plots.save_figure``. Colour-blind palette (seaborn ``colorblind``); sample counts in labels.
+``mfutils.study.heads`` computes or its JSON documents hold, and returns the figure; save it with
+``mfutils.present.plots.save_figure``. Colour-blind palette (seaborn ``colorblind``); sample counts in labels.
 
 Public API
 ----------
@@ -31,7 +31,7 @@ import numpy as np
 import seaborn as sns
 from matplotlib.patches import Rectangle
 
-from .plots import COLUMN_WIDTH, set_theme
+from mfutils.present.plots import COLUMN_WIDTH, set_theme
 
 __all__ = ["plot_head_scores", "plot_score_agreement", "plot_layer_counts", "plot_block_mfr", "plot_share_sweep",
            "plot_recovery", "plot_capability"]

@@ -1,7 +1,7 @@
 """Attention heads that arbitrate between modalities: scores, blocking, amplification, retention (C5-C9).
 
 The analyses of notebooks 03-06 (design sections 1, 4, 5). Computation only; the figures live in
-``mfutils.plots_heads``. Definitions marked (ours) are our reconstruction: the paper (arXiv 2602.03677)
+``mfutils.present.plots_heads``. Definitions marked (ours) are our reconstruction: the paper (arXiv 2602.03677)
 publishes only its abstract.
 
 - **Head score** (ours, within design section 5): the mean drop of the instructed margin
@@ -22,7 +22,7 @@ the answer rows; blocking or amplifying a head set whose lowest layer is l rerun
 ``head_scores_fast`` (attribution patching, the top 3k candidates verified by exact ablation) is the
 cheaper-in-principle alternative; identification defaults to the exact scores, which prefix reuse makes
 cheaper still here (benchmarks/RESULTS.md). Batches that run out of memory are retried at half the size
-(``mfutils.batching``). ``mfr`` itself always runs plain forwards under ``hooks.scale_heads`` (the
+(``mfutils.model.batching``). ``mfr`` itself always runs plain forwards under ``hooks.scale_heads`` (the
 reference the tests compare against).
 
 Public API
@@ -76,14 +76,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .groups import Encoded, encode
-from .batching import is_out_of_memory, run_batched
-from .hooks import PrefixTrace, check_head, prefix_trace, scale_heads
-from .metrics import Targets, answer_logits, follows, margins, targets_for
-from .models import MLLM
-from .paths import results_dir
-from .stats import proportion
-from .world import Sample, counterparts
+from mfutils.model.groups import Encoded, encode
+from mfutils.model.batching import is_out_of_memory, run_batched
+from mfutils.model.hooks import PrefixTrace, check_head, prefix_trace, scale_heads
+from mfutils.measure.metrics import Targets, answer_logits, follows, margins, targets_for
+from mfutils.model.loading import MLLM
+from mfutils.core.paths import results_dir
+from mfutils.measure.stats import proportion
+from mfutils.data.world import Sample, counterparts
 
 __all__ = [
     "Head", "Prepared", "prepare", "mfr", "block_summary", "head_scores_exhaustive", "head_score_reference",
@@ -290,7 +290,7 @@ def _all_heads(mm: MLLM) -> list[Head]:
 
 def _per_batch(mm: MLLM, samples: Sequence[Sample] | Prepared, batch_size: int, fn: Any, desc: str) -> None:
     """Call ``fn(batch)`` on every batch of ``samples``; on out of memory, retry that batch's samples in
-    halves with a warning (``mfutils.batching.run_batched``). ``fn`` writes its results by sample index."""
+    halves with a warning (``mfutils.model.batching.run_batched``). ``fn`` writes its results by sample index."""
     data_samples = _samples_of(samples)
     size = batch_size                     # once halved for memory, later batches start at the smaller size
     for batch in _batches(mm, samples, batch_size):

@@ -1,0 +1,1 @@
+"""mfutils.study."""
