@@ -80,7 +80,8 @@ def build(which: str, device: str, dtype: torch.dtype) -> Any:
     import transformers
 
     from mfutils.model.archs import ARCHS
-    from mfutils.model.loading import MLLM, build_processor, build_word_tokenizer
+    from mfutils.model.loading import MLLM
+    from mfutils.model.tiny import build_processor, build_word_tokenizer
     from mfutils.data.world import vocabulary
 
     tok = build_word_tokenizer(vocabulary(), image_token="<image>")
@@ -105,7 +106,8 @@ def sync(device: str) -> None:
 @torch.no_grad()
 def sweep(mm: Any, enc: Any, cuts: Sequence[torch.Tensor], way: str) -> tuple[torch.Tensor, float]:
     """Answer logits [E, L, B, V] (float32, on CPU) of a window-1 sweep, and the forward-equivalents spent."""
-    from mfutils.model.hooks import knockout, prefix_trace
+    from mfutils.model.hooks import knockout
+    from mfutils.model.prefix import prefix_trace
 
     L = mm.n_layers
     out = []
@@ -140,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
     import transformers
 
-    from mfutils.study.flow import parse_edge
+    from mfutils.model.edges import parse_edge
     from mfutils.model.groups import edge_cut
     from mfutils.model.groups import encode
     from mfutils.data.world import make_split
@@ -156,7 +158,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     groups = enc.groups.to("cpu")
     cuts = [edge_cut(groups, *parse_edge(e))[0].to(mm.device) for e in args.edges]
     # warm-up (kernels, allocator): one knocked-out forward and one rerun
-    from mfutils.model.hooks import knockout, prefix_trace
+    from mfutils.model.hooks import knockout
+    from mfutils.model.prefix import prefix_trace
     with torch.no_grad():
         with knockout(mm, cuts[0], [0]):
             mm.model(**enc.inputs, logits_to_keep=1)

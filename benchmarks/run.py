@@ -7,7 +7,7 @@ Usage (from the repository root)::
 
 What is measured, per model (``--models``, default ``tiny`` and ``random:qwen2_5_vl``):
 
-- **sweep**: a full window-1 knockout sweep over ``flow.MAIN_EDGES``: naive (one full forward per
+- **sweep**: a full window-1 knockout sweep over ``edges.MAIN_EDGES``: naive (one full forward per
   edge x window, ``method="naive"``) / prefix reuse (``method="prefix"``) and / prefix reuse with condition
   batching (``batch_conditions=True``). Equality: max |margin difference| against the naive sweep.
 - **head scoring**: exhaustive with one full forward per head (``method="full"``) and exhaustive with
@@ -112,15 +112,16 @@ def machine() -> dict[str, Any]:
 # Benchmarks
 # ------------------------------------------------------------------------------------------------
 def bench_sweep(mm: Any, samples: Sequence[Any], repeats: int, batch_size: int) -> dict[str, Any]:
-    from mfutils.study import flow
+    from mfutils.model.edges import MAIN_EDGES
+    from mfutils.study.knockout import knockout_sweep
 
-    edges = list(flow.MAIN_EDGES)
+    edges = list(MAIN_EDGES)
     out: dict[str, Any] = {}
 
     def run(method: str, batched: bool) -> Callable[[], Any]:
         def fn() -> None:
-            out[(method, batched)] = flow.knockout_sweep(mm, samples, edges, k=1, batch_size=batch_size,
-                                                         progress=False, method=method, batch_conditions=batched)
+            out[(method, batched)] = knockout_sweep(mm, samples, edges, k=1, batch_size=batch_size,
+                                                    progress=False, method=method, batch_conditions=batched)
         return fn
 
     times = interleaved({"naive": run("naive", False), "prefix": run("prefix", False),
@@ -140,25 +141,28 @@ def bench_sweep(mm: Any, samples: Sequence[Any], repeats: int, batch_size: int) 
 
 def bench_heads(mm: Any, samples: Sequence[Any], repeats: int, batch_size: int, share: float = 0.05
                 ) -> dict[str, Any]:
-    from mfutils.study import heads
+    from mfutils.measure.follow import follows
+    from mfutils.measure.prepared import prepare
+    from mfutils.study import scoring
+    from mfutils.study.selection import top_heads
 
-    follow = heads.mfr(mm, samples, batch_size=batch_size)
+    follow = follows(mm, samples, batch_size=batch_size)
     ident = [s for s, f in zip(samples, follow.tolist()) if f] or list(samples)
-    data = heads.prepare(mm, ident, batch_size)
+    data = prepare(mm, ident, batch_size)
     out: dict[str, Any] = {}
 
     def ex(method: str) -> Callable[[], None]:
         def fn() -> None:
-            out[method] = heads.head_scores_exhaustive(mm, data, progress=False, method=method)
+            out[method] = scoring.head_scores_exhaustive(mm, data, progress=False, method=method)
         return fn
 
     def fast() -> None:
-        out["fast"] = heads.head_scores_fast(mm, data, share=share, progress=False)
+        out["fast"] = scoring.head_scores_fast(mm, data, share=share, progress=False)
 
     times = interleaved({"exhaustive_full": ex("full"), "exhaustive_prefix": ex("prefix"), "fast": fast}, repeats)
     L, H = mm.n_layers, mm.n_heads
     f = out["fast"]
-    top_fast, top_ex = heads.top_heads(f.scores, share), heads.top_heads(out["prefix"], share)
+    top_fast, top_ex = top_heads(f.scores, share), top_heads(out["prefix"], share)
     v = f.verified
     n_batches = len(data.batches)
     return {"n": len(ident), "heads": L * H, "k": len(top_ex), "verified": int(v.sum()), "rounds": f.rounds,
@@ -170,8 +174,8 @@ def bench_heads(mm: Any, samples: Sequence[Any], repeats: int, batch_size: int, 
             "verified_max_abs_diff": float((f.scores[v] - out["prefix"][v]).abs().max()) if v.any() else 0.0,
             "full_vs_prefix_max_abs_diff": float((out["full"] - out["prefix"]).abs().max()),
             "fe": {"exhaustive_full": n_batches * (1 + L * H), "fast": f.forward_equivalents,
-                   "exhaustive_prefix": heads._exact_drops(mm, data, heads._all_heads(mm), batch_size, "prefix",
-                                                           False, "")[1]}}
+                   "exhaustive_prefix": scoring.exact_drops(mm, data, scoring.all_heads(mm), batch_size, "prefix",
+                                                             False, "").forward_equivalents}}
 
 
 def bench_hooks(mm: Any, samples: Sequence[Any], repeats: int, batch_size: int) -> dict[str, Any]:
@@ -207,11 +211,12 @@ def bench_hooks(mm: Any, samples: Sequence[Any], repeats: int, batch_size: int) 
 
 _SWEEP_CHILD = """
 import os, sys
-from mfutils.study import flow
+from mfutils.model.edges import MAIN_EDGES
+from mfutils.study.knockout import knockout_sweep
 from mfutils.model.loading import load_model
 from mfutils.data.world import make_split
 mm = load_model(sys.argv[1])
-flow.knockout_sweep(mm, make_split("test", int(sys.argv[2])), flow.MAIN_EDGES, k=1, progress=False)
+knockout_sweep(mm, make_split("test", int(sys.argv[2])), MAIN_EDGES, k=1, progress=False)
 """
 
 

@@ -1,48 +1,36 @@
 """mfutils: hooks, measures and a tiny MLLM for the Instruction Anchor companion (arXiv 2602.03677).
 
-Modules, one job each
----------------------
-archs       architecture adapters (module paths, templates) for Llava, Qwen2-VL, Qwen2.5-VL, InternVL
-models      load_model("tiny" | "random:<arch>" | path | cached HF id) -> MLLM
-prompts     Prompt: an image plus named text segments
-groups      token groups from character spans (encode, TokenGroups, edge_block)
-hooks       interventions as context managers: knockout, scale_heads, capture, logit_lens, prefix reuse
-batching    batched loops that retry at half the batch size when memory runs out
-world       the synthetic modality-conflict world (samples, images, instructions)
-mc2         the MC2 benchmark: loader, validation, COCO images, instruction templates, per-model filter
-datasets    the splits notebook 01 records (seeds, sizes, checksums) and later notebooks read
-train       the training recipe of the default tiny model
-evaluate    accuracy per category with intervals
-metrics     margins, INSSD, flips, MFR targets (one token or candidate lists)
-flow        information-flow analyses of notebook 02 (knockout sweep, saliency, LDAR, DLA)
-heads       head scores, blocking, amplification, capability (notebooks 03-06)
-plots*      the figures; display: token-group HTML; widgets: the explorers of notebook 07
-card        the model card of a trained checkpoint
-stats       Wilson and bootstrap intervals
-provenance  git commit, package versions, file hashes
-paths       repository and output folders; atomic writes
-chain       the papermill notebook chain (resumable, with provenance); report: the claims report
-cli         ``python -m mfutils`` / ``mf``
+Package map, by layer (bottom to top; a module imports only from its own layer and the layers below)
+-----------------------------------------------------------------------------------------------------
+core      paths (repository and output folders, atomic writes, display_path), provenance (git commit,
+          package versions, sha256), seed (seed_everything)
+data      prompts (Prompt, GROUP_NAMES), sample (the sample type), world (the synthetic modality-conflict world),
+          counterparts (single-modality versions), mc2 (the MC2 benchmark), datasets (split manifests)
+model     archs (one module-path table per architecture), loading (load_model -> MLLM), tiny (offline tiny
+          models), inputs, groups (token groups), hooks (interventions as context managers), prefix (prefix
+          reuse), batching (out-of-memory halving), edges (the one knockout-edge registry)
+measure   answers (targets, answer logits), margins (margin, INSSD, flips), prepared (samples encoded once, the
+          batch loop), prefix (checked prefix reuse), follow (follows: the one "does it follow?"), stats
+study     evaluate, train, results (the one reader and writer of results files), splits, mc2_eval;
+          notebook 02: information_flow, knockout, saliency, lens, dla, stability, flow_batches;
+          notebooks 03-06: scoring, selection, identification, blocking, amplification, retention
+present   plots, plots_flow, plots_heads (the figures), display (token-group HTML), widgets/ (the explorers of
+          notebook 07, one module each), card (the model card), report (the claims report, verdict())
+run       chain (the papermill notebook chain), state (its fingerprints, resume records, provenance), cli (``mf``)
 
-Top-level helpers: ``seed_everything(seed)``, ``__version__``.
+Each layer's ``__init__`` names its modules; each module's docstring lists its public API.
+
+Top-level helpers: ``seed_everything(seed)`` (from ``mfutils.core.seed``), ``__version__``.
+
+Example::
+
+    import mfutils
+    mfutils.seed_everything(0)
 """
 
 from __future__ import annotations
 
-import os
-import random
+from mfutils.core.seed import seed_everything
 
 __version__ = "0.1.0"
 __all__ = ["seed_everything", "__version__"]
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch and switch torch to deterministic algorithms."""
-    import numpy as np
-    import torch
-
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)

@@ -1,4 +1,5 @@
-"""Information flow (mfutils.study.flow): the sweep equals direct knockouts, no-ops are exact, identities hold."""
+"""Information flow (mfutils.study.knockout, lens, dla, saliency, stability, information_flow): the sweep equals
+direct knockouts, no-ops are exact, identities hold."""
 
 from __future__ import annotations
 
@@ -9,12 +10,22 @@ import numpy as np
 import pytest
 import torch
 
-from mfutils.study import flow
+import mfutils.study.knockout as sweep_module
+from mfutils.model.edges import CONTROL_EDGES, MAIN_EDGES, SALIENCY_PAIRS, parse_edge
+from mfutils.study.dla import dla
+from mfutils.study.information_flow import SUBSETS, find_failures, run_information_flow
+from mfutils.study.knockout import SweepResult, knockout_sweep, windows
+from mfutils.study.lens import direction_rows, lens_diff, ldar
+from mfutils.study.results import write_results
+from mfutils.study.saliency import saliency
+from mfutils.study.stability import stability
 from mfutils.model.groups import edge_block, encode
 from mfutils.model.hooks import knockout, logit_lens, residual_stream
-from mfutils.measure.metrics import margins, targets_for
+from mfutils.measure.answers import targets_for
+from mfutils.measure.margins import margins
 from mfutils.model.loading import MLLM, random_model
-from mfutils.data.world import Sample, make_split
+from mfutils.data.sample import Sample
+from mfutils.data.world import make_split
 
 
 @pytest.fixture(scope="module")
@@ -29,45 +40,45 @@ def samples() -> list[Sample]:
 
 
 @pytest.fixture(scope="module")
-def sweep(mm: MLLM, samples: list[Sample]) -> flow.SweepResult:
+def sweep(mm: MLLM, samples: list[Sample]) -> SweepResult:
     edges = ["image->last", "context->instruction", "image+context->system", "instruction->image"]
-    return flow.knockout_sweep(mm, samples, edges, k=2, batch_size=5, progress=False)
+    return knockout_sweep(mm, samples, edges, k=2, batch_size=5, progress=False)
 
 
 def test_windows_cover_all_layers() -> None:
     for L in range(1, 9):
         for k in range(1, L + 1):
-            wins = flow.windows(L, k)
+            wins = windows(L, k)
             assert len(wins) == L - k + 1
             assert all(b - a == k for a, b in wins)
             assert sorted({l for a, b in wins for l in range(a, b)}) == list(range(L))
     with pytest.raises(ValueError, match="window size"):
-        flow.windows(4, 5)
+        windows(4, 5)
 
 
 def test_edges_are_well_formed() -> None:
-    for name in (*flow.MAIN_EDGES, *flow.SALIENCY_PAIRS, *[e for es in flow.CONTROL_EDGES.values() for e in es]):
-        src, dst = flow.parse_edge(name)
+    for name in (*MAIN_EDGES, *SALIENCY_PAIRS, *[e for es in CONTROL_EDGES.values() for e in es]):
+        src, dst = parse_edge(name)
         assert src and dst and not set(src) & set(dst)
-    assert flow.parse_edge("question+constraint->last") == (("question", "constraint"), ("last",))
+    assert parse_edge("question+constraint->last") == (("question", "constraint"), ("last",))
 
 
 @torch.no_grad()
-def test_sweep_equals_direct_knockout(mm: MLLM, samples: list[Sample], sweep: flow.SweepResult) -> None:
+def test_sweep_equals_direct_knockout(mm: MLLM, samples: list[Sample], sweep: SweepResult) -> None:
     enc = encode(mm, [s.prompt for s in samples])
     t = targets_for(mm, samples)
     base = margins(mm.model(**enc.inputs, logits_to_keep=1).logits[:, -1], t).numpy()
     np.testing.assert_allclose(sweep.base, base, atol=1e-5)
     for edge, w in (("image->last", 0), ("context->instruction", 1), ("context->instruction", 2)):
         start, stop = sweep.windows[w]
-        with knockout(mm, edge_block(enc.groups, *flow.parse_edge(edge)), range(start, stop)):
+        with knockout(mm, edge_block(enc.groups, *parse_edge(edge)), range(start, stop)):
             direct = margins(mm.model(**enc.inputs, logits_to_keep=1).logits[:, -1], t).numpy()
         got = sweep.knocked[sweep.edges.index(edge), w]
         np.testing.assert_allclose(got, direct, atol=1e-5)
         assert np.abs(got - base).max() > 1e-4                    # the knockout does something
 
 
-def test_zero_effect_and_missing_groups(mm: MLLM, samples: list[Sample], sweep: flow.SweepResult) -> None:
+def test_zero_effect_and_missing_groups(mm: MLLM, samples: list[Sample], sweep: SweepResult) -> None:
     x = sweep.inssd()
     # the source comes after the destination: causal attention has no such edge -> exactly unchanged
     e = sweep.edges.index("instruction->image")
@@ -83,16 +94,16 @@ def test_zero_effect_and_missing_groups(mm: MLLM, samples: list[Sample], sweep: 
     assert sweep.summary("image+context->system", ~has_system) == {
         "start": [], "inssd": [], "lo": [], "hi": [], "flip": [], "n": 0}
     # an empty edge set
-    empty = flow.knockout_sweep(mm, samples[:3], [], k=1, progress=False)
+    empty = knockout_sweep(mm, samples[:3], [], k=1, progress=False)
     assert empty.knocked.shape == (0, mm.n_layers, 3) and empty.inssd().size == 0
 
 
-def test_sweep_summary_and_roundtrip(sweep: flow.SweepResult, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_sweep_summary_and_roundtrip(sweep: SweepResult, tmp_path) -> None:  # type: ignore[no-untyped-def]
     s = sweep.summary("image->last", n_boot=200)
     assert s["start"] == [0, 1, 2] and s["n"] == len(sweep)
     for lo, m, hi, f in zip(s["lo"], s["inssd"], s["hi"], s["flip"]):
         assert lo <= m <= hi and 0 <= f <= 1
-    back = flow.SweepResult.load(sweep.save(tmp_path / "sweep.npz"))
+    back = SweepResult.load(sweep.save(tmp_path / "sweep.npz"))
     assert back.edges == sweep.edges and back.windows == sweep.windows
     np.testing.assert_array_equal(back.knocked, sweep.knocked)
     np.testing.assert_array_equal(back.categories, sweep.categories)
@@ -100,7 +111,7 @@ def test_sweep_summary_and_roundtrip(sweep: flow.SweepResult, tmp_path) -> None:
 
 
 def test_dla_decomposition_identity(mm: MLLM, samples: list[Sample]) -> None:
-    r = flow.dla(mm, samples, batch_size=5, progress=False)
+    r = dla(mm, samples, batch_size=5, progress=False)
     n, L = len(samples), mm.n_layers
     assert r.attn.shape == r.mlp.shape == r.before.shape == r.after.shape == (n, L)
     np.testing.assert_allclose(r.embed + r.attn.sum(1) + r.mlp.sum(1), r.total, atol=1e-4, rtol=1e-4)
@@ -118,7 +129,7 @@ def test_dla_decomposition_identity(mm: MLLM, samples: list[Sample]) -> None:
 
 
 def test_ldar(mm: MLLM, samples: list[Sample]) -> None:
-    r = flow.ldar(mm, samples, batch_size=5, progress=False)
+    r = ldar(mm, samples, batch_size=5, progress=False)
     for read in ("anchor_last", "anchor_mean", "last"):
         rate = np.array(r[read]["rate"])
         assert rate.shape == (mm.n_layers + 1,) and ((rate >= 0) & (rate <= 1)).all()
@@ -129,12 +140,12 @@ def test_ldar(mm: MLLM, samples: list[Sample]) -> None:
     enc = encode(mm, [s.prompt for s in samples])
     g = enc.groups
     resid = residual_stream(mm, enc)
-    from mfutils.study.evaluate import candidate_ids
+    from mfutils.measure.answers import candidate_ids
 
     img = [candidate_ids(mm, [s.image_answer])[0] for s in samples]
     txt = [candidate_ids(mm, [s.text_answer])[0] for s in samples]
-    d, b = flow._direction_rows(mm, img, txt)
-    diff = flow._lens_diff(mm, resid[2], d, b)
+    d, b = direction_rows(mm, img, txt)
+    diff = lens_diff(mm, resid[2], d, b)
     full = logit_lens(mm, resid[2])
     rows = torch.arange(len(samples))
     ref = full[rows, :, img] - full[rows, :, txt]
@@ -142,11 +153,11 @@ def test_ldar(mm: MLLM, samples: list[Sample]) -> None:
     anchor_last = g["instruction"].long().cumsum(-1).argmax(-1)
     assert g["instruction"][rows, anchor_last].all() and not g["instruction"][rows, anchor_last + 1].any()
     no_instruction = [s for s in make_split("capability", 3) if s.category == "image_only"]
-    assert flow.ldar(mm, no_instruction, progress=False)["last"]["n"] == 0   # conflict samples only
+    assert ldar(mm, no_instruction, progress=False)["last"]["n"] == 0   # conflict samples only
 
 
-def test_stability(sweep: flow.SweepResult) -> None:
-    st = flow.stability(sweep, fractions=(0.5, 1.0), seed=0)
+def test_stability(sweep: SweepResult) -> None:
+    st = stability(sweep, fractions=(0.5, 1.0), seed=0)
     assert st["fractions"] == [0.5, 1.0]
     assert st["corr"]["image->last"][1] == pytest.approx(1.0, abs=1e-12)
     assert -1 <= st["corr"]["image->last"][0] <= 1
@@ -155,18 +166,18 @@ def test_stability(sweep: flow.SweepResult) -> None:
 
 def test_saliency(mm: MLLM, samples: list[Sample]) -> None:
     assert mm.attn_implementation == "sdpa"
-    sal = flow.saliency(mm, samples[:4], batch_size=2, progress=False)
+    sal = saliency(mm, samples[:4], batch_size=2, progress=False)
     assert mm.attn_implementation == "sdpa"
-    assert set(sal) == set(flow.SALIENCY_PAIRS)
+    assert set(sal) == set(SALIENCY_PAIRS)
     for v in sal.values():
         assert v.shape == (mm.n_layers,) and np.isfinite(v).all() and (v >= 0).all()
     assert sal["instruction->last"].sum() > 0
-    per_head = flow.saliency(mm, samples[:4], batch_size=4, progress=False, abs_per_head=True)
+    per_head = saliency(mm, samples[:4], batch_size=4, progress=False, abs_per_head=True)
     for p in sal:   # |sum over heads| <= sum of |per head|
         assert (sal[p] <= per_head[p] + 1e-9).all()
     mm.set_attn_implementation("eager")
     try:
-        flow.saliency(mm, samples[:1], batch_size=1, progress=False)
+        saliency(mm, samples[:1], batch_size=1, progress=False)
         assert mm.attn_implementation == "eager"
     finally:
         mm.set_attn_implementation("sdpa")
@@ -175,20 +186,20 @@ def test_saliency(mm: MLLM, samples: list[Sample]) -> None:
 def test_run_information_flow_document(mm: MLLM, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("MF_OUT", str(tmp_path))
     test = make_split("test", 4)
-    failed = flow.find_failures(mm, make_split("fail_pool", 6), cap=2)
-    doc = flow.run_information_flow(mm, "random:llava", test, failed, make_split("test_system", 2),
-                                    make_split("test_instruction_last", 2), k=2, batch_size=4, n_boot=50,
-                                    progress=False)
-    path = flow.write_json(doc, "random:llava")
+    failed = find_failures(mm, make_split("fail_pool", 6), cap=2)
+    doc = run_information_flow(mm, "random:llava", test, failed, make_split("test_system", 2),
+                               make_split("test_instruction_last", 2), k=2, batch_size=4, n_boot=50,
+                               progress=False)
+    path = write_results(doc, "random:llava", "02_information_flow")
     back = json.loads(path.read_text())
     assert path == tmp_path / "results" / "random-llava" / "02_information_flow.json"
     assert (tmp_path / "results" / "random-llava" / "02_knockout_per_sample.npz").exists()
     assert set(back) >= {"model", "n_layers", "window", "n", "knockout", "controls", "ldar", "dla", "subspace",
                          "saliency", "stability"}
-    assert set(back["knockout"]) == set(flow.MAIN_EDGES)
-    assert all(set(v) == set(flow.SUBSETS) for v in back["knockout"].values())
+    assert set(back["knockout"]) == set(MAIN_EDGES)
+    assert all(set(v) == set(SUBSETS) for v in back["knockout"].values())
     assert back["n"]["failed"] == back["knockout"]["image->last"]["failed"]["n"]
-    assert set(back["controls"]["system"]) == set(flow.CONTROL_EDGES["system"])
+    assert set(back["controls"]["system"]) == set(CONTROL_EDGES["system"])
     assert len(back["ldar"]["anchor_mean"]["rate"]) == mm.n_layers + 1
 
 
@@ -198,9 +209,9 @@ def test_run_information_flow_document(mm: MLLM, monkeypatch: pytest.MonkeyPatch
 @pytest.mark.parametrize("arch", ["llava", "qwen2_vl", "qwen2_5_vl"])
 def test_prefix_sweep_equals_naive_sweep(arch: str, samples: list[Sample]) -> None:
     model = random_model(arch, n_layers=4, seed=0)
-    edges = list(flow.MAIN_EDGES) + ["image+context->system"]
-    runs = {(m, b): flow.knockout_sweep(model, samples, edges, k=k, batch_size=5, progress=False, method=m,
-                                        batch_conditions=b)
+    edges = list(MAIN_EDGES) + ["image+context->system"]
+    runs = {(m, b): knockout_sweep(model, samples, edges, k=k, batch_size=5, progress=False, method=m,
+                                   batch_conditions=b)
             for k in (1,) for m, b in (("naive", False), ("prefix", False), ("prefix", True))}
     naive = runs[("naive", False)]
     for key, run in runs.items():
@@ -214,21 +225,21 @@ def test_prefix_sweep_equals_naive_sweep(arch: str, samples: list[Sample]) -> No
     assert runs[("prefix", False)].info["forward_equivalents"] < naive.info["forward_equivalents"] / 2
     # 2 batches x (clean + every main edge x window); "image+context->system" never cuts an existing edge (the
     # system sentence precedes image and context), so no forward is spent on it
-    assert naive.info["forward_equivalents"] == 2 * (1 + len(flow.MAIN_EDGES) * model.n_layers)
+    assert naive.info["forward_equivalents"] == 2 * (1 + len(MAIN_EDGES) * model.n_layers)
 
 
-def test_sweep_survives_out_of_memory(mm: MLLM, samples: list[Sample], sweep: flow.SweepResult,
+def test_sweep_survives_out_of_memory(mm: MLLM, samples: list[Sample], sweep: SweepResult,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    real = flow.prefix_trace
+    real = sweep_module.prefix_trace
 
     def small_memory(model, enc, *args, **kwargs):  # type: ignore[no-untyped-def]
         if enc.groups.shape[0] > 2:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
         return real(model, enc, *args, **kwargs)
 
-    monkeypatch.setattr(flow, "prefix_trace", small_memory)
+    monkeypatch.setattr(sweep_module, "prefix_trace", small_memory)
     with pytest.warns(RuntimeWarning, match="out of memory at batch size 5; retrying at 2"):
-        again = flow.knockout_sweep(mm, samples, sweep.edges, k=2, batch_size=5, progress=False)
+        again = knockout_sweep(mm, samples, sweep.edges, k=2, batch_size=5, progress=False)
     np.testing.assert_allclose(again.knocked, sweep.knocked, atol=1e-5)
     with pytest.raises(ValueError, match="method"):
-        flow.knockout_sweep(mm, samples, sweep.edges, k=2, method="fast")
+        knockout_sweep(mm, samples, sweep.edges, k=2, method="fast")

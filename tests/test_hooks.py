@@ -15,9 +15,10 @@ from hypothesis import strategies as st
 
 from mfutils.model.batching import BatchOutOfMemoryError, is_out_of_memory, run_batched
 from mfutils.model.groups import Encoded, edge_block, encode
-from mfutils.model.hooks import (KnockoutError, active_hooks, capture, check_head, knockout, logit_lens, prefix_trace,
-                           residual_stream, scale_heads)
-from mfutils.measure.metrics import answer_logits
+from mfutils.model.hooks import (KnockoutError, active_hooks, capture, check_head, knockout, logit_lens,
+                                 registered, residual_stream, scale_heads)
+from mfutils.model.prefix import prefix_trace
+from mfutils.measure.answers import answer_logits
 from mfutils.model.loading import MLLM, RANDOM_ARCHS
 from mfutils.data.prompts import GROUP_NAMES, Prompt
 
@@ -272,6 +273,23 @@ def test_no_hook_left_after_exception(mm: MLLM, enc: Encoded) -> None:
 # ------------------------------------------------------------------------------------------------
 def no_self(block: torch.Tensor) -> torch.Tensor:
     return block & ~torch.eye(block.shape[-1], dtype=torch.bool)
+
+
+def test_registered_removes_every_handle_also_when_registering_fails(mm_arch: MLLM) -> None:
+    before = active_hooks(mm_arch)
+
+    def handles() -> Iterator[Any]:
+        yield mm_arch.attn(0).register_forward_hook(lambda *a: None)
+        yield mm_arch.mlp(0).register_forward_hook(lambda *a: None)
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        with registered(handles()):
+            pass
+    assert active_hooks(mm_arch) == before
+    with registered(mm_arch.attn(l).register_forward_hook(lambda *a: None) for l in range(mm_arch.n_layers)):
+        assert active_hooks(mm_arch) == before + mm_arch.n_layers
+    assert active_hooks(mm_arch) == before
 
 
 @torch.no_grad()

@@ -19,8 +19,10 @@ from PIL import Image
 
 from mfutils.data import mc2
 from mfutils.model.groups import encode
-from mfutils.measure.metrics import answer_logits, follows, margins, targets_for, targets_from_candidates
+from mfutils.measure.answers import answer_logits, targets_for, targets_from_candidates
+from mfutils.measure.margins import instructed_wins as follows, margins
 from mfutils.model.loading import random_model
+from mfutils.study import mc2_eval
 
 def _shared_file() -> Path:
     """The MC2 file: $MF_MC2_JSON, else shared/mc2/ beside the checkout or inside it (git-ignored)."""
@@ -141,7 +143,7 @@ def test_identical_first_tokens_are_a_clear_error() -> None:
     s = mc2.record_samples([rec], [np.zeros((64, 64, 3), dtype=np.uint8)])   # both words are <unk>
     with pytest.raises(ValueError, match=r"sample 0 \(color\).*cannot be told apart"):
         targets_from_candidates(mm, s)
-    kept, dropped = mc2.scorable(mm, s)
+    kept, dropped = mc2_eval.scorable(mm, s)
     assert kept == [] and len(dropped) == 2 and dropped[0]["record"] == 0
 
 
@@ -187,7 +189,8 @@ def test_load_records_names_the_file_and_index(tmp_path: Path) -> None:
 @needs_file
 def test_manifest_round_trip_with_the_model_filter(records: list[dict[str, str]], tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from mfutils.data.datasets import load_split, manifest_dataset, write_manifest
+    from mfutils.data.datasets import load_split, manifest_dataset
+    from mfutils.study.splits import write_manifest
 
     monkeypatch.setenv("MF_OUT", str(tmp_path / "out"))
     coco = tmp_path / "coco"
@@ -211,7 +214,7 @@ def test_manifest_round_trip_with_the_model_filter(records: list[dict[str, str]]
     kept = load_split("random:llava", "test")
     assert kept, ("the random model answers no record from each modality alone: pick another seed", man["build"])
     pairs = [mc2.counterparts_mc2(s) for s in kept]
-    assert all(mc2._correct(mm, [a, b], 2) == [True, True] for a, b in pairs)
+    assert all(mc2_eval._correct(mm, [a, b], 2) == [True, True] for a, b in pairs)
     filt = man["build"]["filter"]["test"]
     assert filt["n_kept_records"] <= min(filt["image_only_right"], filt["text_only_right"]) <= filt["n_records"]
     assert filt["n_kept_records"] < filt["n_records"], "a random model should fail some records"

@@ -7,7 +7,8 @@ import math
 import torch
 
 from mfutils.model.groups import encode
-from mfutils.measure.metrics import Targets, answer_logits, flips, follows, inssd, margins, targets_for
+from mfutils.measure.answers import Targets, answer_logits, targets_for
+from mfutils.measure.margins import flips, inssd, instructed_wins, margins
 from mfutils.model.loading import random_model
 from mfutils.data.world import make_samples
 
@@ -36,7 +37,7 @@ def test_inssd_scale_and_flips() -> None:
 def test_follows_is_the_argmax_over_candidates() -> None:
     logits = torch.tensor([[0.0, 3.0, 1.0, 9.0], [0.0, 1.0, 3.0, 9.0]])  # token 3 is not a candidate
     t = Targets(pos=[[1], [1]], neg=[[2], [2]], cand=[[0, 1, 2], [0, 1, 2]], answer_index=[1, 1])
-    assert follows(logits, t).tolist() == [True, False]
+    assert instructed_wins(logits, t).tolist() == [True, False]
 
 
 def test_answer_logits_find_the_answer_position_with_answers_appended() -> None:
@@ -56,7 +57,7 @@ def test_targets_for_mixes_world_and_candidate_list_samples() -> None:
     import numpy as np
 
     from mfutils.data import mc2
-    from mfutils.measure.metrics import targets_from_candidates
+    from mfutils.measure.answers import targets_from_candidates
 
     mm = random_model("qwen2_vl", n_layers=1)
     world = make_samples(2, 3, ["follow_image", "follow_text"])
@@ -74,12 +75,12 @@ def test_targets_for_mixes_world_and_candidate_list_samples() -> None:
     logits[1, tid("red")] = 3.0
     logits[3, tid("red")] = 3.0
     logits[[0, 2], torch.tensor([alone_w.pos[0][0], alone_w.pos[1][0]])] = 3.0
-    assert follows(logits, mixed).tolist() == [True, True, True, False]
+    assert instructed_wins(logits, mixed).tolist() == [True, True, True, False]
 
 
 def test_candidate_ids_of_multi_token_words_use_the_first_token() -> None:
-    from mfutils.study.evaluate import candidate_ids
-    from mfutils.measure.metrics import first_token_ids
+    from mfutils.measure.answers import candidate_ids
+    from mfutils.measure.answers import first_token_ids
 
     mm = random_model("llava", n_layers=1)
     assert candidate_ids(mm, ["red", "green"]) == [mm.tokenizer.convert_tokens_to_ids(w) for w in ("red", "green")]

@@ -140,3 +140,39 @@ def test_incomplete_sharded_download(saved_internvl: tuple[Path, torch.Tensor], 
         "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
     with pytest.raises(ModelNotFoundError, match="1 of 2 weight shards are missing.*model-00002-of-00002"):
         load_model(str(path))
+
+
+# ---- the architecture table's tiny-model factories (mfutils.model.tiny) ------------------------------
+from mfutils.model.loading import resolve_model_path
+from mfutils.model.tiny import build_processor, build_word_tokenizer, tiny_parts
+
+
+def test_resolve_model_path_is_load_models_resolution(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("{}")
+    assert resolve_model_path(str(tmp_path)) == tmp_path
+    with pytest.raises(ModelNotFoundError, match="no config.json"):
+        resolve_model_path(str(tmp_path.parent))
+
+
+def test_build_processor_of_an_unknown_architecture_lists_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="unknown architecture 'mamba'.*qwen2_5_vl"):
+        build_processor("mamba", build_word_tokenizer(["red"]))
+
+
+@pytest.mark.parametrize("arch", RANDOM_ARCHS)
+def test_tiny_parts_apply_the_text_and_vision_overrides(arch: str) -> None:
+    tok, proc, cfg = tiny_parts(arch, ["red", "blue"], n_layers=2,
+                                text={"hidden_size": 32, "num_attention_heads": 2, "num_key_value_heads": 1})
+    text = getattr(cfg, ARCHS[arch].text_config_attr)
+    assert (text.hidden_size, text.num_attention_heads, text.num_key_value_heads) == (32, 2, 1)
+    assert text.num_hidden_layers == 2 and text.vocab_size == len(tok)
+    assert proc.tokenizer is tok and tok.convert_tokens_to_ids(ARCHS[arch].image_token) != tok.unk_token_id
+    _, _, default = tiny_parts(arch, ["red", "blue"])
+    assert getattr(default, ARCHS[arch].text_config_attr).hidden_size == 64
+
+
+def test_llava_tiny_config_counts_image_tokens_from_the_patch_size() -> None:
+    tok = build_word_tokenizer(["red"])
+    cfg = ARCHS["llava"].tiny_config(tok, 1, 64, vision={"patch_size": 8, "hidden_size": 16})
+    assert cfg.image_seq_length == 64 and cfg.vision_config.hidden_size == 16
+    assert ARCHS["llava"].tiny_config(tok, 1, 64).image_seq_length == 16

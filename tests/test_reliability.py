@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mfutils.run.chain import (ChainParameterError, STATE_FILE, built_notebooks, check_parameters, parse_parameter,
-                           strip_provenance)
+from mfutils.run.chain import ChainParameterError, built_notebooks, check_parameters, parse_parameter
+from mfutils.run.state import STATE_FILE, strip_provenance
 from mfutils.core.paths import atomic_output, atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent

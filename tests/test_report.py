@@ -95,3 +95,52 @@ def test_null_numbers_do_not_break_the_rules(out: str) -> None:
                                    "random_relative_drop": {"mean": None, "sd": None, "p95": None, "values": []}})
     v = _verdicts(out)
     assert v["C6"] == "not reproduced" and v["C9"] == "not reproduced"
+
+
+def test_claims_file_and_rules_name_the_same_claims() -> None:
+    assert list(report.load_claims()["claims"]) == list(report.RULES)
+    assert set(report.FIGURES) <= set(report.RULES)
+
+
+def test_a_bug_in_a_rule_raises_but_an_absent_measurement_is_not_measured(out: str,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # no results file: "not measured"
+    assert report.verdict(out, "C5").verdict == "not measured"
+    # the file exists but lacks the key that holds the measurement: "not measured", naming file and key
+    _write(out, "03_head_identification", {"n_identify": 100, "n_layers": 8, "n_heads": 8, "k": 3})
+    v = report.verdict(out, "C5")
+    assert v.verdict == "not measured" and "03_head_identification.json" in v.measured
+    assert "top_share_of_score" in v.measured
+    # a value of the wrong type is a bug in whatever wrote it: the rule raises
+    _write(out, "03_head_identification", {"n_identify": 100, "n_layers": 8, "n_heads": "8", "k": 3,
+                                           "top_share_of_score": 0.3, "spearman": 0.8, "top_overlap": 0.67})
+    with pytest.raises(TypeError):
+        report.verdict(out, "C5")
+    # a rule that reads a threshold that does not exist (a KeyError that is no absent measurement) raises
+    _, rule = report.RULES["C5"]
+    monkeypatch.setitem(report.RULES, "C5", (("03",), lambda r, th: rule(r, {**th, "top_share_full": th["nope"]})))
+    _write(out, "03_head_identification", {"n_identify": 100, "n_layers": 8, "n_heads": 8, "k": 3,
+                                           "top_share_of_score": 0.3, "spearman": 0.8, "top_overlap": 0.67})
+    with pytest.raises(KeyError, match="nope"):
+        report.assess(out)
+    # an IndexError inside a rule raises too
+    monkeypatch.setitem(report.RULES, "C5", (("03",), lambda r, th: ([][0], "")))
+    with pytest.raises(IndexError):
+        report.verdict(out, "C5")
+
+
+def test_verdict_is_assess_for_one_claim(out: str) -> None:
+    _write(out, "02_information_flow", _flow(shallow=-0.5, deep=-0.8, failed_deep=-0.1))
+    by_claim = {v.claim: v for v in report.assess(out)}
+    for cid in report.RULES:
+        assert report.verdict(out, cid) == by_claim[cid]
+    with pytest.raises(ValueError, match="unknown claim 'C99'"):
+        report.verdict(out, "C99")
+
+
+def test_verdict_figures_are_relative_to_the_output_root(out: str) -> None:
+    from mfutils.core.paths import figures_dir
+
+    (figures_dir(out) / "03_head_scores.png").write_bytes(b"")
+    v = report.verdict(out, "C5")
+    assert v.figure == "figures/random-llava/03_head_scores.png"

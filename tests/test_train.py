@@ -23,3 +23,21 @@ def test_thirty_steps_lower_the_loss_and_write_a_loadable_checkpoint(tmp_path: P
     assert json.loads((out / "train_log.json").read_text())["config"]["steps"] == 30
     mm = load_model(str(out))
     assert mm.n_layers == cfg.n_layers and mm.n_heads == cfg.n_heads
+
+
+def test_the_recipe_builds_its_llava_from_the_architecture_table() -> None:
+    from mfutils.model.archs import ARCHS
+    from mfutils.study.train import build_tiny_model
+
+    cfg = TrainConfig()
+    mm = build_tiny_model(cfg)
+    text, vision = mm.model.config.text_config, mm.model.config.vision_config
+    assert mm.spec is ARCHS["llava"] and type(mm.model).__name__ == ARCHS["llava"].model_class
+    assert (text.num_hidden_layers, text.hidden_size, text.intermediate_size) == (cfg.n_layers, cfg.hidden,
+                                                                                 cfg.intermediate)
+    assert text.num_attention_heads == text.num_key_value_heads == cfg.n_heads
+    assert text.max_position_embeddings == 256 and not text.tie_word_embeddings
+    assert (vision.hidden_size, vision.intermediate_size, vision.num_hidden_layers, vision.num_attention_heads,
+            vision.patch_size) == (cfg.vision_hidden, cfg.vision_intermediate, cfg.vision_layers, cfg.vision_heads,
+                                   cfg.patch_size)
+    assert mm.model.config.image_seq_length == (cfg.image_size // cfg.patch_size) ** 2

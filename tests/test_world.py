@@ -7,9 +7,10 @@ import pytest
 
 from mfutils.model.groups import encode
 from mfutils.model.loading import RANDOM_ARCHS, random_model
-from mfutils.data.world import (CATEGORIES, CONFLICT_CATEGORIES, HELDOUT_TEMPLATES, INSTRUCTION_TEMPLATES, SPLITS,
-                           VARIANTS, counterparts, dataset_checksum, make_sample, make_samples, make_split,
-                           vocabulary)
+from mfutils.data.counterparts import counterparts
+from mfutils.data.sample import CONFLICT_CATEGORIES, dataset_checksum
+from mfutils.data.world import (CATEGORIES, HELDOUT_TEMPLATES, INSTRUCTION_TEMPLATES, SPLITS, VARIANTS, make_sample,
+                                make_samples, make_split, vocabulary)
 
 
 def test_samples_are_deterministic() -> None:
@@ -130,3 +131,17 @@ def test_any_seed_renders_a_valid_sample(seed: int, index: int, category: str, v
             assert len(ids) == 16
         else:
             assert mm.tokenizer.decode(ids).split() == text.split()  # type: ignore[attr-defined]
+
+
+def test_counterparts_dispatch_on_the_source() -> None:
+    from mfutils.data.mc2 import counterparts_mc2, record_samples
+    from mfutils.data.world import counterparts_world
+
+    s = make_split("test", 2)[0]
+    assert [x.prompt.segments for x in counterparts(s)] == [x.prompt.segments for x in counterparts_world(s)]
+    rec = {"image_id": "1", "task": "color", "question": "what color ?", "answer_vision": "red",
+           "answer_text": "blue", "context": "a blue star ."}
+    m = record_samples([rec], [np.zeros((8, 8, 3), dtype=np.uint8)])[0]
+    got, want = counterparts(m), counterparts_mc2(m)
+    assert [x.prompt.segments for x in got] == [x.prompt.segments for x in want]
+    assert (got[0].answer, got[1].answer) == ("red", "blue") and got[1].prompt.image.shape == (336, 336, 3)

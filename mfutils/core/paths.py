@@ -7,6 +7,7 @@ output_root() -> Path               where figures/ and results/ go: repo_root(),
 checkpoint_dir(name="tiny-llava")   the shipped tiny model's folder
 figures_dir(model) / results_dir(model)   per-model output folders (created on demand)
 model_slug(model) -> str            a file-system-safe name for a model ("random:llava" -> "random-llava")
+display_path(path) -> str           ``path`` relative to the output root or the repository when under one, else as given
 atomic_output(path)                 context manager: write to a temporary sibling, rename over ``path`` on success
 atomic_write_text(path, text)       write a text file atomically (a kill never leaves it half-written)
 atomic_write_bytes(path, data)      the same for bytes
@@ -22,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["repo_root", "output_root", "checkpoint_dir", "figures_dir", "results_dir", "model_slug", "notebooks_dir",
-           "atomic_output", "atomic_write_text", "atomic_write_bytes"]
+           "display_path", "atomic_output", "atomic_write_text", "atomic_write_bytes"]
 
 
 def repo_root() -> Path:
@@ -62,6 +63,22 @@ def results_dir(model: str, create: bool = True) -> Path:
     if create:
         p.mkdir(parents=True, exist_ok=True)
     return p
+
+
+def display_path(path: Path | str) -> str:
+    """``path`` as printed and recorded: relative to ``output_root()`` or, failing that, ``repo_root()`` when it
+    lies under one of them (the same on every clone), else ``str(path)`` unchanged.
+
+    Example::
+
+        print(f"wrote {display_path(results_dir('tiny') / 'x.json')}")     # wrote results/tiny/x.json
+    """
+    p = Path(path)
+    if p.is_absolute():
+        for base in (output_root(), repo_root()):
+            if p.is_relative_to(base):
+                return str(p.relative_to(base))
+    return str(path)
 
 
 @contextmanager

@@ -6,14 +6,17 @@ notebook regenerates the split from its seed and refuses to go on if the checksu
 code changed since notebook 01 ran).
 
 With ``dataset="mc2"`` the same split names are built from the MC2 file (``mfutils.data.mc2.build_splits``,
-filtered per model when a model is given) and the manifest records the file's path and sha256, the COCO
+filtered per model by an injected ``mc2.Keep``) and the manifest records the file's path and sha256, the COCO
 root, and each split's sample keys (record, instruction, option order), so later notebooks rebuild exactly
-the same samples without running the filter again.
+the same samples without running the filter again. This module never runs a model: the entry point that
+filters for one is ``mfutils.study.splits.write_manifest(..., mm=mm)``.
 
 Public API
 ----------
-DEFAULT_SIZES, SMOKE_SIZES        samples per split for full and smoke runs
-write_manifest(model, sizes, dataset="world", mc2_json="", coco_root="", mm=None) -> dict
+DEFAULT_SIZES, SMOKE_SIZES, MC2_SIZES   samples per split for full and smoke runs, and for MC2
+write_split_manifest(model, sizes, dataset="world", mc2_json="", coco_root="", keep=None, filtered_for=None)
+                                  -> dict   generate every split, write the manifest (atomic)
+manifest_path(model) -> Path      results/<model>/data_manifest.json
 load_split(model, name) -> list[Sample]     regenerated and verified against the manifest
 manifest_dataset(model) -> str              "world" or "mc2": what notebook 01 built for ``model``
 DATASETS                                    ("world", "mc2")
@@ -21,19 +24,22 @@ DatasetMismatchError
 
 Example::
 
-    write_manifest("tiny", DEFAULT_SIZES)          # notebook 01
+    write_split_manifest("tiny", DEFAULT_SIZES)    # notebook 01 (through mfutils.study.splits.write_manifest)
     samples = load_split("tiny", "test")           # notebooks 02-06
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from mfutils.core.paths import atomic_write_text, results_dir
-from mfutils.data.world import DATASET_VERSION, SPLITS, Sample, dataset_checksum, make_split
+from mfutils.data import mc2
+from mfutils.data.sample import Sample, dataset_checksum
+from mfutils.data.world import DATASET_VERSION, SPLITS, make_split
 
-__all__ = ["DEFAULT_SIZES", "SMOKE_SIZES", "write_manifest", "load_split", "DatasetMismatchError", "manifest_path",
+__all__ = ["DEFAULT_SIZES", "SMOKE_SIZES", "write_split_manifest", "load_split", "DatasetMismatchError", "manifest_path",
            "manifest_dataset", "DATASETS", "MC2_SIZES"]
 
 DATASETS = ("world", "mc2")
@@ -53,7 +59,8 @@ class DatasetMismatchError(RuntimeError):
     """A split regenerated now differs from the one notebook 01 recorded."""
 
 
-def manifest_path(model: str):  # -> Path
+def manifest_path(model: str) -> Path:
+    """Where notebook 01 writes the manifest of ``model``: ``results/<model>/data_manifest.json``."""
     return results_dir(model) / "data_manifest.json"
 
 
@@ -61,21 +68,23 @@ def _write(path: Any, manifest: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(manifest, indent=1))
 
 
-def write_manifest(model: str, sizes: dict[str, int], dataset: str = "world", mc2_json: str = "",
-                   coco_root: str = "", mm: Any = None, model_filter: bool = True, form: str = "open") -> dict[str, Any]:
+def write_split_manifest(model: str, sizes: dict[str, int], dataset: str = "world", mc2_json: str = "",
+                         coco_root: str = "", *, keep: mc2.Keep | None = None, filtered_for: str | None = None,
+                         form: str = "open") -> dict[str, Any]:
     """Generate every split at ``sizes`` and record seed (world) or sample keys (MC2), size and checksum
-    (written atomically). ``dataset="mc2"`` needs ``mc2_json`` and ``coco_root``; with ``mm`` the MC2 samples
-    are filtered for that model (``mfutils.data.mc2.build_splits``), and the split sizes are upper bounds.
+    (written atomically). ``dataset="mc2"`` needs ``mc2_json`` and ``coco_root``; with ``keep`` (a
+    ``mfutils.data.mc2.Keep``) the MC2 samples are filtered by it (``mfutils.data.mc2.build_splits``), the
+    split sizes are upper bounds and ``filtered_for`` names the model in the manifest.
 
     Example::
 
-        write_manifest("tiny", DEFAULT_SIZES)
-        write_manifest(path, MC2_SIZES, dataset="mc2", mc2_json=json_path, coco_root=coco, mm=mm)
+        write_split_manifest("tiny", DEFAULT_SIZES)
+        write_split_manifest(m, MC2_SIZES, "mc2", json_path, coco, keep=model_keep(mm), filtered_for=mm.name)
     """
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; use one of {DATASETS}")
     if dataset == "mc2":
-        return _write_mc2_manifest(model, sizes, mc2_json, coco_root, mm, model_filter, form)
+        return _write_mc2_manifest(model, sizes, mc2_json, coco_root, keep, filtered_for, form)
     unknown = set(sizes) - set(SPLITS)
     if unknown:
         raise ValueError(f"unknown splits {sorted(unknown)}; known: {sorted(SPLITS)}")
@@ -88,21 +97,17 @@ def write_manifest(model: str, sizes: dict[str, int], dataset: str = "world", mc
     return manifest
 
 
-def _write_mc2_manifest(model: str, sizes: dict[str, int], mc2_json: str, coco_root: str, mm: Any,
-                        model_filter: bool, form: str) -> dict[str, Any]:
-    from pathlib import Path
-
-    from mfutils.data import mc2
-
+def _write_mc2_manifest(model: str, sizes: dict[str, int], mc2_json: str, coco_root: str, keep: mc2.Keep | None,
+                        filtered_for: str | None, form: str) -> dict[str, Any]:
     if not mc2_json or not coco_root:
         raise ValueError("dataset='mc2' needs mc2_json=<path to evaluate_final.json> and coco_root=<COCO 2014 folder>")
     records = mc2.load_records(mc2_json)
     images = mc2.find_images(records, coco_root)
-    splits, info = mc2.build_splits(records, images, sizes, mm=mm, model_filter=model_filter, form=form)
+    splits, info = mc2.build_splits(records, images, sizes, keep=keep, form=form)
     manifest: dict[str, Any] = {
         "dataset": "mc2", "mc2_json": str(Path(mc2_json).expanduser().resolve()), "mc2_sha256": mc2.file_sha256(mc2_json),
         "coco_root": str(Path(coco_root).expanduser().resolve()), "n_records": len(records), "form": form,
-        "filtered_for": getattr(mm, "name", None) if info["model_filter"] else None, "build": info, "splits": {}}
+        "filtered_for": filtered_for if info["model_filter"] else None, "build": info, "splits": {}}
     for name, samples in splits.items():
         keys = [[s.index, s.category.removeprefix("follow_"), (s.meta or {}).get("order", "")] for s in samples]
         manifest["splits"][name] = {"n": len(samples), "requested": sizes[name], "keys": keys,
@@ -125,8 +130,6 @@ def _read_manifest(model: str) -> dict[str, Any]:
 
 
 def _load_mc2_split(model: str, name: str, manifest: dict[str, Any]) -> list[Sample]:
-    from mfutils.data import mc2
-
     entry = manifest["splits"][name]
     got_sha = mc2.file_sha256(manifest["mc2_json"]) if _exists(manifest["mc2_json"]) else None
     if got_sha != manifest["mc2_sha256"]:
@@ -147,8 +150,6 @@ def _load_mc2_split(model: str, name: str, manifest: dict[str, Any]) -> list[Sam
 
 
 def _exists(p: str) -> bool:
-    from pathlib import Path
-
     return Path(p).is_file()
 
 

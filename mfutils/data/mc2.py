@@ -2,10 +2,10 @@
 
 MC2's evaluation file (``evaluate_final.json``: 2,000 records of image_id, task, question, answer_vision,
 answer_text, context) is read from a path the user gives; its COCO 2014 images from a COCO root. Each record
-becomes samples of the same ``mfutils.data.world.Sample`` type the notebooks use: prompt segments image, context,
-instruction, question, constraint (MC2's order: the text context, then the instruction, then the question,
-after the image), with candidate-answer lists for each side, so every measure of the chain applies unchanged
-(``metrics.targets_for`` dispatches on the candidate lists).
+becomes samples of the same ``mfutils.data.sample.Sample`` type the notebooks use: prompt segments image,
+context, instruction, question, constraint (MC2's order: the text context, then the instruction, then the
+question, after the image), with candidate-answer lists for each side, so every measure of the chain applies
+unchanged (``mfutils.measure.answers.targets_for`` dispatches on the candidate lists).
 
 Choices that are ours (MC2's paper gives the form, not these exact strings): the two instruction sentences
 ``FOLLOW_IMAGE`` / ``FOLLOW_TEXT``; the candidate list of an answer is the answer as written and with a
@@ -22,10 +22,12 @@ file_sha256(path) -> str
 candidate_list(answer) -> tuple[str, ...]
 record_samples(records, images, ...) -> list[Sample]   open-ended or A/B (both option orders) samples
 counterparts_mc2(sample) -> (image_only, text_only)
-scorable(mm, samples) -> (kept, dropped)          samples whose two sides have distinct first tokens
-filter_for_model(mm, samples) -> (kept, report)   the paper's per-model filter (knows both answers)
-build_splits(records, images, sizes, mm=None) -> (splits, info)   the chain's named splits from MC2
-evaluate_mc2(mm, samples) -> dict     MFR per instruction and single-modality accuracy, with intervals
+Keep                                  keep(probe, limit) -> (kept, dropped, report | None): a model's filter
+build_splits(records, images, sizes, keep=None) -> (splits, info)   the chain's named splits from MC2
+split_samples(name, records, images, keys) -> list[Sample]         a split rebuilt from its manifest keys
+
+The model-dependent parts (which samples a model can score, the per-model filter, MFR on MC2) are in
+``mfutils.study.mc2_eval``; this module never loads or runs a model.
 
 Example::
 
@@ -36,22 +38,22 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from mfutils.data.prompts import Prompt
-from mfutils.data.world import Sample
+from mfutils.data.sample import Sample
 
 __all__ = [
     "MC2_FIELDS", "FOLLOW_IMAGE", "FOLLOW_TEXT", "CONSTRAINT_OPEN", "CONSTRAINT_MC", "SYSTEM_SENTENCE",
     "MC2FormatError", "MissingImagesError", "load_records", "find_images", "file_sha256", "candidate_list",
-    "record_samples", "counterparts_mc2", "scorable", "filter_for_model", "build_splits", "split_samples",
-    "evaluate_mc2", "SPLIT_SEED",
+    "record_samples", "counterparts_mc2", "Keep", "build_splits", "split_samples", "SPLIT_SEED",
 ]
 
 MC2_FIELDS: dict[str, type] = {"image_id": str, "task": str, "question": str, "answer_vision": str,
@@ -64,6 +66,12 @@ CONSTRAINT_MC = "Answer with the option's letter from the given choices directly
 SYSTEM_SENTENCE = "You are a helpful assistant."     # the system-prompt control (C11), as in the world
 SPLIT_SEED = 0                                       # permutation of the records into identify / test halves
 GREY = 128
+
+# keep(probe, limit) -> (kept, dropped, filter_report | None): a model's choice among one half's probe samples
+# (one per record). ``dropped``: the samples it cannot score (record, task, reason), all of them reported;
+# ``kept``: the scorable ones, or, when it filters (report not None), those of the first ``limit`` scorable
+# ones that pass. ``mfutils.study.mc2_eval.model_keep(mm)`` builds one; the data layer never sees a model.
+Keep = Callable[[list[Sample], int], tuple[list[Sample], list[dict[str, Any]], dict[str, Any] | None]]
 
 
 class MC2FormatError(ValueError):
@@ -233,9 +241,12 @@ def record_samples(records: Sequence[dict[str, str]], images: Sequence[Any], *, 
 
 def counterparts_mc2(sample: Sample) -> tuple[Sample, Sample]:
     """The image-only (image, question, constraint) and text-only (grey image, context, question, constraint)
-    versions of an MC2 sample, with the same candidate lists; answers: the image's and the text's."""
-    import dataclasses
+    versions of an MC2 sample, with the same candidate lists; answers: the image's and the text's.
 
+    Example::
+
+        img_only, txt_only = counterparts_mc2(record_samples(records[:1], paths[:1])[0])
+    """
     q, c, ctx = sample.prompt.text("question") or "", sample.prompt.text("constraint") or "", sample.prompt.text("context") or ""
     grey = np.full((336, 336, 3), GREY, dtype=np.uint8)
     common = dict(instructed=None, template=None, heldout_template=False, other_answer=None)
@@ -244,66 +255,6 @@ def counterparts_mc2(sample: Sample) -> tuple[Sample, Sample]:
     txt_only = dataclasses.replace(sample, category="text_only", answer=sample.text_answer, **common,
                                    prompt=Prompt((("image", ""), ("context", ctx), ("question", q), ("constraint", c)), grey))
     return img_only, txt_only
-
-
-def scorable(mm: Any, samples: Sequence[Sample]) -> tuple[list[Sample], list[dict[str, Any]]]:
-    """Split ``samples`` into those whose two sides' candidates have distinct first tokens for ``mm`` and the
-    dropped ones (record, task, reason)."""
-    from mfutils.measure.metrics import CandidateOverlapError, targets_from_candidates
-
-    kept, dropped = [], []
-    for s in samples:
-        try:
-            targets_from_candidates(mm, [s])
-        except CandidateOverlapError as exc:
-            dropped.append({"record": s.index, "task": s.attribute, "reason": str(exc).split(":", 1)[-1].strip()[:200]})
-        else:
-            kept.append(s)
-    return kept, dropped
-
-
-def _correct(mm: Any, samples: Sequence[Sample], batch_size: int) -> list[bool]:
-    import torch
-
-    from mfutils.model.groups import encode
-    from mfutils.measure.metrics import answer_logits, follows, targets_for
-
-    out: list[bool] = []
-    with torch.no_grad():
-        for i in range(0, len(samples), batch_size):
-            chunk = samples[i:i + batch_size]
-            logits = answer_logits(mm, encode(mm, [s.prompt for s in chunk]).to(mm.device))
-            out += follows(logits.float(), targets_for(mm, chunk)).tolist()
-    return out
-
-
-def filter_for_model(mm: Any, samples: Sequence[Sample], batch_size: int = 16) -> tuple[list[Sample], dict[str, Any]]:
-    """The paper's per-model filter: keep the samples whose record the model answers right both image-only and
-    text-only (it knows both answers, so a failure is a failure of arbitration). Returns the kept samples and
-    a report (counts per task, the kept record indices).
-
-    Example::
-
-        kept, report = filter_for_model(mm, samples)       # report["kept_records"], report["n_records"]
-    """
-    records: dict[int, Sample] = {}
-    for s in samples:
-        records.setdefault(s.index, s)
-    reps = list(records.values())
-    pairs = [counterparts_mc2(s) for s in reps]
-    img_ok = _correct(mm, [p[0] for p in pairs], batch_size)
-    txt_ok = _correct(mm, [p[1] for p in pairs], batch_size)
-    keep = {s.index for s, a, b in zip(reps, img_ok, txt_ok) if a and b}
-    kept = [s for s in samples if s.index in keep]
-    per_task: dict[str, dict[str, int]] = {}
-    for s, a, b in zip(reps, img_ok, txt_ok):
-        t = per_task.setdefault(s.attribute, {"n": 0, "image_only_right": 0, "text_only_right": 0, "kept": 0})
-        t["n"] += 1
-        t["image_only_right"] += int(a)
-        t["text_only_right"] += int(b)
-        t["kept"] += int(a and b)
-    return kept, {"n_records": len(reps), "n_kept_records": len(keep), "kept_records": sorted(keep),
-                  "image_only_right": int(sum(img_ok)), "text_only_right": int(sum(txt_ok)), "per_task": per_task}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -343,34 +294,37 @@ def split_samples(name: str, records: Sequence[dict[str, str]], images: Sequence
     return out
 
 
-def build_splits(records: Sequence[dict[str, str]], images: Sequence[Any], sizes: dict[str, int], *, mm: Any = None,
-                 model_filter: bool = True, form: str = "open", batch_size: int = 16
-                 ) -> tuple[dict[str, list[Sample]], dict[str, Any]]:
+def build_splits(records: Sequence[dict[str, str]], images: Sequence[Any], sizes: dict[str, int], *,
+                 keep: Keep | None = None, form: str = "open") -> tuple[dict[str, list[Sample]], dict[str, Any]]:
     """The chain's named splits from MC2 records: ``identify`` on one half of the records (fixed permutation,
     ``SPLIT_SEED``), the others on the other half; ``test_system`` / ``test_instruction_last`` are the MC2
     analogues of the world's C11 controls (a system sentence first / the instruction last), ``capability``
-    the image-only and text-only counterparts (C7). Instructions alternate per record. With ``mm`` the
-    samples that ``mm`` cannot score (``scorable``) are dropped and, with ``model_filter``, those whose record
-    it does not know from each modality alone (``filter_for_model``). Each split takes its first ``sizes[name]``
-    samples. Returns the splits and a report (what was dropped and why).
+    the image-only and text-only counterparts (C7). Instructions alternate per record. With ``keep`` (a
+    ``Keep``; ``mfutils.study.mc2_eval.model_keep(mm)``) each half keeps only the records ``keep`` accepts:
+    it drops those the model cannot score and, when it filters, those it does not know from each modality
+    alone, among the first ``max(4 * need, 32)`` scorable records of the half. Each split takes its first
+    ``sizes[name]`` samples. Returns the splits and a report (what was dropped and why).
+
+    Example::
+
+        splits, info = build_splits(records, paths, MC2_SIZES, keep=model_keep(mm))   # mfutils.study.mc2_eval
     """
     unknown = set(sizes) - set(_SPLITS)
     if unknown:
         raise ValueError(f"unknown splits {sorted(unknown)}; known: {sorted(_SPLITS)}")
     halves = _halves(len(records))
-    info: dict[str, Any] = {"form": form, "model_filter": bool(model_filter and mm is not None), "halves": {
-        k: len(v) for k, v in halves.items()}}
+    info: dict[str, Any] = {"form": form, "model_filter": False, "halves": {k: len(v) for k, v in halves.items()}}
     allowed: dict[str, set[int]] = {k: set(v) for k, v in halves.items()}
-    if mm is not None:
+    if keep is not None:
         for half, recs in halves.items():
             need = max((n for s, n in sizes.items() if _SPLITS[s][0] == half), default=0)
             probe = [_sample(records[r], r, images[r], "image", form, "AB", "standard") for r in recs]
-            ok, dropped = scorable(mm, probe)
+            # filter only as many records as the splits can use (x4 margin for the filter's losses)
+            ok, dropped, report = keep(probe, max(need * 4, 32))
             info.setdefault("unscorable", []).extend(dropped)
-            if model_filter:
-                # filter only as many records as the splits can use (x4 margin for the filter's losses)
-                ok, rep = filter_for_model(mm, ok[: max(need * 4, 32)], batch_size=batch_size)
-                info.setdefault("filter", {})[half] = {k: v for k, v in rep.items() if k != "kept_records"}
+            if report is not None:
+                info["model_filter"] = True
+                info.setdefault("filter", {})[half] = report
             allowed[half] = {s.index for s in ok}
     splits: dict[str, list[Sample]] = {}
     for name, n in sizes.items():
@@ -389,27 +343,3 @@ def build_splits(records: Sequence[dict[str, str]], images: Sequence[Any], sizes
                     keys.append((r, ("image", "text")[(j + flip) % 2], o))
         splits[name] = split_samples(name, records, images, keys[:n], form=form)
     return splits, info
-
-
-def evaluate_mc2(mm: Any, samples: Sequence[Sample], batch_size: int = 16) -> dict[str, Any]:
-    """MFR per instruction (follow_image, follow_text) on ``samples`` and accuracy on their image-only and
-    text-only counterparts, each a proportion dict (rate, lo, hi, k, n; Wilson 95%), and per task.
-
-    Example::
-
-        res = evaluate_mc2(mm, record_samples(records[:50], paths[:50]))    # res["follow_image"]["rate"]
-    """
-    from mfutils.measure.stats import proportion
-
-    reps = {s.index: s for s in samples}
-    pairs = [counterparts_mc2(s) for s in reps.values()]
-    res: dict[str, Any] = {"model": mm.name, "n_records": len(reps), "n_samples": len(samples)}
-    groups = {"follow_image": [s for s in samples if s.category == "follow_image"],
-              "follow_text": [s for s in samples if s.category == "follow_text"],
-              "image_only": [p[0] for p in pairs], "text_only": [p[1] for p in pairs]}
-    for cat, ss in groups.items():
-        ok = _correct(mm, ss, batch_size) if ss else []
-        res[cat] = proportion(ok)
-        for task in sorted({s.attribute for s in ss}):
-            res[f"{cat}/{task}"] = proportion([o for s, o in zip(ss, ok) if s.attribute == task])
-    return res

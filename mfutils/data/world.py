@@ -1,9 +1,9 @@
 """The synthetic modality-conflict world (design section 2): rendered objects, text contexts, instructions.
 
-Every sample is a ``Prompt`` (image + named text segments) with its answers. The image shows one object
-(a colour and a shape on a noisy dark background); the text context describes an object that may agree
-or disagree with the image; the instruction says which modality to trust; the question asks for one
-attribute; a format constraint closes the prompt. Every sample is a pure function of ``(seed, index)``.
+Every sample is a ``mfutils.data.sample.Sample``: a ``Prompt`` (image + named text segments) with its answers.
+The image shows one object (a colour and a shape on a noisy dark background); the text context describes an
+object that may agree or disagree with the image; the instruction says which modality to trust; the question
+asks for one attribute; a format constraint closes the prompt. Every sample is a pure function of ``(seed, index)``.
 
 Categories
 ----------
@@ -16,16 +16,14 @@ text_only                    context + question with an empty image (background 
 Public API
 ----------
 COLORS, SHAPES, ATTRIBUTES, CATEGORIES, VARIANTS
-Sample                                  one sample: prompt, answers, metadata
 make_sample(seed, index, category=None, ...) -> Sample
 make_samples(n, seed, categories=None, ...) -> list[Sample]   (categories=None: the training mix)
 TRAIN_MIX                               the training category shares (the text prior lives here)
 INSTRUCTION_TEMPLATES, HELDOUT_TEMPLATES   the instruction paraphrases and which are evaluation-only
 vocabulary() -> list[str]               every word the world can emit
 render_image(color, shape, rng) -> np.ndarray   64x64x3 uint8
-dataset_checksum(samples) -> str        sha256 over the prompts and answers (images included)
 SPLITS, make_split(name, n)             the named held-out splits (identify, test, controls, capability)
-counterparts(sample) -> (image_only, text_only)   the two single-modality versions of a conflict sample
+counterparts_world(sample) -> (image_only, text_only)   the two single-modality versions of a conflict sample
 
 Example::
 
@@ -36,21 +34,18 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import os
-from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from mfutils.data.prompts import Prompt
+from mfutils.data.sample import CONFLICT_CATEGORIES, Sample
 
 __all__ = [
-    "COLORS", "SHAPES", "ATTRIBUTES", "CATEGORIES", "CONFLICT_CATEGORIES", "VARIANTS", "TRAIN_MIX",
-    "INSTRUCTION_TEMPLATES", "HELDOUT_TEMPLATES", "Sample", "make_sample", "make_samples", "vocabulary",
-    "render_image", "dataset_checksum", "IMAGE_SIZE", "TRAIN_SEED", "HELDOUT_SEEDS", "SPLITS", "make_split",
-    "DATASET_VERSION", "VARIANT_MIX", "counterparts",
+    "COLORS", "SHAPES", "ATTRIBUTES", "CATEGORIES", "VARIANTS", "TRAIN_MIX", "INSTRUCTION_TEMPLATES",
+    "HELDOUT_TEMPLATES", "make_sample", "make_samples", "vocabulary", "render_image", "IMAGE_SIZE", "TRAIN_SEED",
+    "HELDOUT_SEEDS", "SPLITS", "make_split", "DATASET_VERSION", "VARIANT_MIX", "counterparts_world",
 ]
 
 IMAGE_SIZE = 64
@@ -65,7 +60,6 @@ COLORS: dict[str, tuple[int, int, int]] = {
 SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond")
 ATTRIBUTES = ("color", "shape")
 CATEGORIES = ("follow_image", "follow_text", "no_instruction", "agree", "image_only", "text_only")
-CONFLICT_CATEGORIES = ("follow_image", "follow_text", "no_instruction")
 VARIANTS = ("standard", "system", "instruction_last")
 
 # Training mix, fixed before any training or analysis. Text-side data dominates (follow_text +
@@ -187,44 +181,6 @@ def render_image(color: str | None, shape: str | None, rng: np.random.Generator,
 # ------------------------------------------------------------------------------------------------
 # Samples
 # ------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Sample:
-    """One sample of the world.
-
-    ``answer``: the correct (instructed) answer. ``image_answer`` / ``text_answer``: what each modality
-    says about the asked attribute (None where a modality is absent). ``other_answer``: the answer of the
-    modality that was not instructed (conflict categories only). ``candidates``: the answer words of the
-    asked attribute (8 colours or 6 shapes).
-    """
-
-    seed: int
-    index: int
-    category: str
-    attribute: str
-    variant: str
-    prompt: Prompt
-    answer: str
-    image_answer: str | None
-    text_answer: str | None
-    other_answer: str | None
-    instructed: str | None          # "image", "text" or None
-    template: int | None            # instruction paraphrase index
-    heldout_template: bool
-    candidates: tuple[str, ...] = field(repr=False)
-    image_attrs: dict[str, str] | None = field(default=None, repr=False)
-    text_attrs: dict[str, str] | None = field(default=None, repr=False)
-    # Open-ended answers of real data (MC2): the acceptable answers of each side, strings in any language.
-    # When set, scoring sums the first-token probabilities of each list (``metrics.targets_for``).
-    answer_img_candidate_list: tuple[str, ...] | None = field(default=None, repr=False)
-    answer_text_candidate_list: tuple[str, ...] | None = field(default=None, repr=False)
-    source: str = "world"                                  # "world" or "mc2"
-    meta: dict[str, object] | None = field(default=None, repr=False)   # e.g. MC2 record index, image_id, task
-
-    @property
-    def conflict(self) -> bool:
-        return self.category in CONFLICT_CATEGORIES
-
-
 def _choice(rng: np.random.Generator, options: Sequence[str]) -> str:
     return options[int(rng.integers(len(options)))]
 
@@ -338,22 +294,6 @@ def make_samples(n: int, seed: int, categories: Sequence[str] | str | None = Non
     return out
 
 
-def dataset_checksum(samples: Sequence[Sample]) -> str:
-    """sha256 over every sample's segments, answers and image bytes (image path for file-backed images, e.g.
-    MC2's COCO files, plus the candidate lists): identifies a dataset exactly."""
-    h = hashlib.sha256()
-    for s in samples:
-        h.update(repr((s.seed, s.index, s.category, s.attribute, s.variant, s.prompt.segments, s.answer,
-                       s.other_answer)).encode())
-        if s.answer_img_candidate_list is not None or s.answer_text_candidate_list is not None:
-            h.update(repr((s.answer_img_candidate_list, s.answer_text_candidate_list)).encode())
-        if isinstance(s.prompt.image, (str, os.PathLike)):
-            h.update(os.fspath(s.prompt.image).encode())
-        else:
-            h.update(np.ascontiguousarray(s.prompt.image).tobytes())
-    return h.hexdigest()
-
-
 # ------------------------------------------------------------------------------------------------
 # Named splits: fixed by seed, disjoint from training (seed 0) and from each other
 # ------------------------------------------------------------------------------------------------
@@ -383,16 +323,15 @@ def make_split(name: str, n: int) -> list[Sample]:
                         heldout_share=0.5)
 
 
-def counterparts(sample: Sample) -> tuple[Sample, Sample]:
-    """The image-only and text-only versions of a conflict sample: the same image (no context, no
-    instruction) and the same context with an empty image (no instruction). Used to find "arbitration
-    failures": failures on samples whose two answers the model knows separately.
+def counterparts_world(sample: Sample) -> tuple[Sample, Sample]:
+    """The image-only and text-only versions of a conflict sample of the world: the same image (no context, no
+    instruction) and the same context with an empty image (no instruction). ``mfutils.data.counterparts``
+    dispatches between this and MC2's ``counterparts_mc2``.
 
-    MC2 samples (``source == "mc2"``) get the same two versions; the text-only one has a plain grey image."""
-    if sample.source == "mc2":
-        from mfutils.data.mc2 import counterparts_mc2
+    Example::
 
-        return counterparts_mc2(sample)
+        img_only, txt_only = counterparts_world(make_sample(1, 0, "follow_image"))
+    """
     if sample.image_attrs is None or sample.text_attrs is None:
         raise ValueError(f"sample {sample.index} of seed {sample.seed} ({sample.category}) lacks an image or a context")
     q = sample.prompt.text("question") or ""

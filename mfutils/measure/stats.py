@@ -6,6 +6,10 @@ wilson(k, n, z=1.96) -> (lo, hi)                    95% Wilson interval of a pro
 bootstrap_ci(values, stat=np.mean, n_boot=1000, seed=0) -> (lo, hi)   percentile bootstrap 95% interval
 summarize(values) -> dict                           {"mean", "lo", "hi", "n"} with a bootstrap interval
 proportion(flags) -> dict                           {"rate", "lo", "hi", "k", "n"} with a Wilson interval
+rate(flags) -> float                                k / n of flags [N] (NaN when n == 0), as ``proportion``
+spread(values) -> {"mean", "sd"}                    over the finite values (sd with ddof = 1)
+relative_change(base, x) -> ndarray                 (mean(base) - mean(x)) / mean(base) along the last axis
+relative_drop(base, blocked, n_boot=1000, seed=0) -> {"mean", "lo", "hi", "n"}   paired bootstrap interval
 
 Example::
 
@@ -19,7 +23,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["wilson", "bootstrap_ci", "summarize", "proportion"]
+__all__ = ["wilson", "bootstrap_ci", "summarize", "proportion", "rate", "spread", "relative_change", "relative_drop"]
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -60,3 +64,57 @@ def proportion(flags: Sequence[bool] | np.ndarray) -> dict[str, float]:
     k, n = int(x.sum()), int(x.size)
     lo, hi = wilson(k, n)
     return {"rate": k / n if n else math.nan, "lo": lo, "hi": hi, "k": k, "n": n}
+
+
+def rate(flags: Sequence[bool] | np.ndarray) -> float:
+    """k / n of ``flags`` [N] in float64, exactly as ``proportion`` computes it (NaN when n == 0).
+
+    Example: ``rate(follows(mm, samples))``.
+    """
+    return float(proportion(np.asarray(flags))["rate"])
+
+
+def spread(values: Sequence[float] | np.ndarray) -> dict[str, float]:
+    """{"mean", "sd"} over the finite ``values`` (sd with ddof = 1; NaN with fewer than 2 values).
+
+    Example: ``spread([0.5, 0.7])`` -> ``{"mean": 0.6, "sd": 0.141}``.
+    """
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    return {"mean": float(v.mean()) if v.size else math.nan, "sd": float(v.std(ddof=1)) if v.size > 1 else math.nan}
+
+
+def relative_change(b: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """(mean(b) - mean(x)) / mean(b) along the last axis; NaN where mean(b) == 0 (or is not positive).
+
+    Example: ``float(relative_change(np.array([1., 1.]), np.array([1., 0.])))`` -> 0.5.
+    """
+    bm, xm = b.mean(-1), x.mean(-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(bm > 0, (bm - xm) / np.where(bm > 0, bm, 1.0), np.nan)
+
+
+def relative_drop(base: Sequence[bool] | np.ndarray, blocked: Sequence[bool] | np.ndarray, n_boot: int = 1000,
+                  seed: int = 0) -> dict[str, float]:
+    """Relative MFR drop (MFR_base - MFR_blocked) / MFR_base with a paired bootstrap 95% interval.
+
+    ``base``, ``blocked``: per-sample follow flags [N] of the same samples (arrays or tensors); the bootstrap
+    resamples samples (pairs). NaN where MFR_base is 0 or N is 0.
+
+    Example::
+
+        relative_drop(follows(mm, data), follows(mm, data, heads=identified))   # {"mean": 0.6, "lo": .., "hi": .., "n": 400}
+    """
+    b = np.asarray(base, dtype=float)
+    x = np.asarray(blocked, dtype=float)
+    if b.shape != x.shape or b.ndim != 1:
+        raise ValueError(f"base and blocked must be matching [N] flags, got {b.shape} and {x.shape}")
+    n = b.size
+    if n == 0:
+        return {"mean": math.nan, "lo": math.nan, "hi": math.nan, "n": 0}
+    point = float(relative_change(b, x))
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    boots = relative_change(b[idx], x[idx])
+    boots = boots[np.isfinite(boots)]
+    lo, hi = (float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))) if boots.size else (math.nan,) * 2
+    return {"mean": point, "lo": lo, "hi": hi, "n": int(n)}

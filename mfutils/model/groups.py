@@ -13,6 +13,9 @@ edge_block(groups, src, dst) -> BoolTensor[B, T, T]   the attention edges dst-qu
 edge_cut(groups, src, dst) -> (BoolTensor[B, T, T], BoolTensor[B])   those that exist (causal, no padding, no
                                                       self-edge), and whether both groups are present
 render_prompt(mm, prompt) -> str                     the rendered text (what training and evaluation feed)
+chat_template(mm) -> str | None                      the processor's chat template (None: ``spec.template``)
+render_chat(mm, content) -> str                      one user turn rendered by that chat template
+SENTINEL                                             a character no prompt holds, to locate the user text
 load_image(image) -> image                           a file path opened as RGB PIL; arrays pass through
 SegmentNotFoundError    a segment whose text is missing from the rendered prompt (or maps to no token)
 
@@ -33,10 +36,11 @@ import torch
 from mfutils.model.loading import MLLM
 from mfutils.data.prompts import GROUP_NAMES, Prompt
 
-__all__ = ["encode", "Encoded", "TokenGroups", "edge_block", "edge_cut", "SegmentNotFoundError", "render_prompt", "load_image"]
+__all__ = ["encode", "Encoded", "TokenGroups", "edge_block", "edge_cut", "SegmentNotFoundError", "render_prompt",
+           "load_image", "SENTINEL", "chat_template", "render_chat"]
 
 # Marks the start of the user turn when a template is rendered to locate it (never part of a real prompt).
-_SENTINEL = "\x00"
+SENTINEL = "\x00"
 
 
 class SegmentNotFoundError(ValueError):
@@ -135,11 +139,17 @@ def edge_block(groups: TokenGroups, src: str | Sequence[str], dst: str | Sequenc
 # ------------------------------------------------------------------------------------------------
 # Rendering
 # ------------------------------------------------------------------------------------------------
-def _chat_template(mm: MLLM) -> str | None:
+def chat_template(mm: MLLM) -> str | None:
+    """The processor's chat template, or None when it has none (then ``mm.spec.template`` renders)."""
     return getattr(mm.processor, "chat_template", None) or None
 
 
-def _render_chat(mm: MLLM, content: list[dict[str, str]]) -> str:
+def render_chat(mm: MLLM, content: list[dict[str, str]]) -> str:
+    """One user turn of ``content`` items (``{"type": "image"}`` / ``{"type": "text", "text": ...}``) rendered by
+    the processor's chat template, with the generation prompt.
+
+    Example: ``render_chat(mm, [{"type": "text", "text": SENTINEL}]).index(SENTINEL)`` (where user text starts).
+    """
     out = mm.processor.apply_chat_template([{"role": "user", "content": content}],
                                            add_generation_prompt=True, tokenize=False)
     return out if isinstance(out, str) else out[0]
@@ -147,7 +157,7 @@ def _render_chat(mm: MLLM, content: list[dict[str, str]]) -> str:
 
 def _render(mm: MLLM, prompt: Prompt) -> tuple[str, int]:
     """The rendered text of ``prompt`` and the character where the user turn starts."""
-    if _chat_template(mm):
+    if chat_template(mm):
         # consecutive text segments go into one text item, joined by a space: chat templates concatenate
         # text items as they are (Qwen, InternVL) or append a space to each (llava-hf)
         content: list[dict[str, str]] = []
@@ -158,9 +168,9 @@ def _render(mm: MLLM, prompt: Prompt) -> tuple[str, int]:
                 content[-1]["text"] += " " + text
             else:
                 content.append({"type": "text", "text": text})
-        return _render_chat(mm, content), _render_chat(mm, [{"type": "text", "text": _SENTINEL}]).index(_SENTINEL)
+        return render_chat(mm, content), render_chat(mm, [{"type": "text", "text": SENTINEL}]).index(SENTINEL)
     user = " ".join(mm.spec.image_placeholder if name == "image" else text for name, text in prompt.segments)
-    return mm.spec.template.format(user=user), mm.spec.template.format(user=_SENTINEL).index(_SENTINEL)
+    return mm.spec.template.format(user=user), mm.spec.template.format(user=SENTINEL).index(SENTINEL)
 
 
 def render_prompt(mm: MLLM, prompt: Prompt) -> str:

@@ -6,8 +6,7 @@ MLLM                              a loaded model + processor + its architecture 
 load_model(name, ...) -> MLLM     ``"tiny"`` (the shipped default), ``"random:<arch>"``, a local path,
                                   or a Hugging Face id already in the local cache (never downloads)
 RANDOM_ARCHS                      the ``random:<arch>`` names
-build_word_tokenizer(words, ...)  a word-level fast tokenizer for tiny models (offline)
-build_processor(arch, tokenizer)  the processor of a tiny model of ``arch`` (offline, no torchvision)
+resolve_model_path(name) -> Path  the checkpoint folder ``load_model(name)`` reads (never downloads)
 DEFAULT_MODEL                     name of the default model ("tiny")
 random_model(arch, ...) -> MLLM   a tiny random model of ``arch`` in ``RANDOM_ARCHS`` (llava, qwen2_vl,
                                   qwen2_5_vl, internvl), built offline
@@ -32,16 +31,16 @@ from typing import Any, Iterable
 import torch
 import torch.nn as nn
 
-from mfutils.model.archs import ARCHS, ArchSpec, get_module, spec_for_model_type
+from mfutils.model.archs import ARCHS, ArchSpec, get_module, spec_for_model_type, without_video
+from mfutils.model.tiny import tiny_parts
 from mfutils.core.paths import checkpoint_dir
 
 __all__ = [
     "MLLM",
     "load_model",
     "RANDOM_ARCHS",
+    "resolve_model_path",
     "DEFAULT_MODEL",
-    "build_word_tokenizer",
-    "build_processor",
     "random_model",
     "ModelNotFoundError",
     "CheckpointError",
@@ -49,14 +48,8 @@ __all__ = [
 ]
 
 DEFAULT_MODEL = "tiny"
-RANDOM_ARCHS = ("llava", "qwen2_vl", "qwen2_5_vl", "internvl")
+RANDOM_ARCHS: tuple[str, ...] = tuple(ARCHS)        # every adapter builds a tiny random model ("llava", "qwen2_vl", ...)
 SUPPORTED_ATTN = ("sdpa", "eager")
-
-# Special tokens every tiny tokenizer carries (the union of what the three templates need).
-_SPECIALS = [
-    "<pad>", "<unk>", "<s>", "</s>", "<image>",
-    "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>",
-]
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -161,157 +154,16 @@ class MLLM:
 
 
 # ------------------------------------------------------------------------------------------------
-# Tiny tokenizers and processors, built offline
+# Tiny random models (their parts come from the architecture table, see mfutils.model.tiny)
 # ------------------------------------------------------------------------------------------------
-def _template_words() -> list[str]:
-    words: list[str] = []
-    for spec in ARCHS.values():
-        text = spec.template.replace("{user}", " ")
-        for sp in _SPECIALS:
-            text = text.replace(sp, " ")
-        words.extend(text.split())
-    return words
-
-
-def build_word_tokenizer(words: Iterable[str], image_token: str = "<image>",
-                         specials: Iterable[tuple[str, str]] = ()) -> Any:
-    """A word-level fast tokenizer (whitespace split, ``<s>`` prepended, left padding) over ``words``.
-
-    The special tokens of the llava and Qwen chat templates are included, so one vocabulary serves those
-    tiny architectures; ``image_token`` is the one its processor expands (``ArchSpec.image_token``).
-    ``specials``: extra named special tokens an architecture's processor reads from its tokenizer
-    (``ArchSpec.tokenizer_specials``, e.g. InternVL's ``start_image_token``); they get ids after every word,
-    so the ids of the other tokens do not depend on them. Offsets mapping works, which ``mfutils.model.groups``
-    relies on.
-    """
-    specials = tuple(specials)
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab: dict[str, int] = {}
-    extra = [t for _, t in specials if t not in _SPECIALS]
-    for w in [*_SPECIALS, *_template_words(), *words, *extra]:
-        if w not in vocab:
-            vocab[w] = len(vocab)
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", special_tokens=[("<s>", vocab["<s>"])]
-    )
-    hf = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
-        extra_special_tokens={"image_token": image_token, **dict(specials)},
-    )
-    hf.add_special_tokens({"additional_special_tokens": [*_SPECIALS[4:], *dict.fromkeys(extra)]})
-    hf.padding_side = "left"
-    return hf
-
-
-def _qwen_processor_class(base: type) -> type:
-    """Qwen and InternVL processors without a video processor: needed when torchvision is absent (the
-    video processors need it; see the notes). Images are processed by the PIL image processors."""
-
-    class _NoVideo(base):  # type: ignore[misc, valid-type]
-        @classmethod
-        def get_attributes(cls) -> list[str]:
-            return ["image_processor", "tokenizer"]
-
-    _NoVideo.__name__ = base.__name__
-    _NoVideo.__qualname__ = base.__qualname__
-    return _NoVideo
-
-
-def build_processor(arch: str, tokenizer: Any, image_size: int = 64) -> Any:
-    """The processor of a tiny model of ``arch`` (images ``image_size`` square -> 16 image tokens)."""
-    if arch == "llava":
-        from transformers import CLIPImageProcessorPil as CLIPImageProcessor, LlavaProcessor
-
-        ip = CLIPImageProcessor(
-            size={"height": image_size, "width": image_size},
-            crop_size={"height": image_size, "width": image_size}, do_center_crop=False,
-        )
-        return LlavaProcessor(
-            image_processor=ip, tokenizer=tokenizer, patch_size=image_size // 4,
-            vision_feature_select_strategy="default", num_additional_image_tokens=1, image_token="<image>",
-        )
-    if arch in ("qwen2_vl", "qwen2_5_vl"):
-        from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor
-        from transformers import Qwen2VLImageProcessorPil as Qwen2VLImageProcessor
-
-        patch = image_size // 8
-        ip = Qwen2VLImageProcessor(patch_size=patch, merge_size=2, temporal_patch_size=2,
-                                   min_pixels=image_size * image_size, max_pixels=image_size * image_size)
-        cls = _qwen_processor_class(Qwen2VLProcessor if arch == "qwen2_vl" else Qwen2_5_VLProcessor)
-        return cls(image_processor=ip, tokenizer=tokenizer)
-    if arch == "internvl":
-        # InternVL's image processor is GotOcr2's; its PIL variant needs no torchvision. One 448-style tile
-        # per image (no crop_to_patches), patch image_size/8 -> 8x8 patches, pixel shuffle 0.5 -> 16 tokens.
-        from transformers import GotOcr2ImageProcessorPil, InternVLProcessor
-
-        ip = GotOcr2ImageProcessorPil(size={"height": image_size, "width": image_size}, crop_to_patches=False)
-        return _qwen_processor_class(InternVLProcessor)(image_processor=ip, tokenizer=tokenizer, image_seq_length=16)
-    raise ValueError(f"unknown architecture {arch!r}; supported: {RANDOM_ARCHS}")
-
-
-def _random_config(arch: str, tokenizer: Any, n_layers: int, image_size: int) -> Any:
-    tid = tokenizer.convert_tokens_to_ids
-    common_text = dict(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=n_layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    if arch == "llava":
-        from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
-
-        return LlavaConfig(
-            vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                           num_attention_heads=2, image_size=image_size,
-                                           patch_size=image_size // 4),
-            text_config=LlamaConfig(**common_text, rope_parameters={"rope_type": "default", "rope_theta": 1e4}),
-            image_token_index=tid("<image>"), image_seq_length=16,
-            vision_feature_select_strategy="default", vision_feature_layer=-1,
-        )
-    special = dict(image_token_id=tid("<|image_pad|>"), video_token_id=tid("<|video_pad|>"),
-                   vision_start_token_id=tid("<|vision_start|>"), vision_end_token_id=tid("<|vision_end|>"))
-    text = dict(common_text, rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3]})
-    patch = image_size // 8
-    if arch == "qwen2_vl":
-        from transformers import Qwen2VLConfig
-
-        return Qwen2VLConfig(
-            vision_config=dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2,
-                               patch_size=patch, spatial_merge_size=2, temporal_patch_size=2, in_channels=3),
-            text_config=text, **special,
-        )
-    if arch == "qwen2_5_vl":
-        from transformers import Qwen2_5_VLConfig
-
-        return Qwen2_5_VLConfig(
-            vision_config=dict(depth=2, hidden_size=32, num_heads=2, patch_size=patch, spatial_merge_size=2,
-                               temporal_patch_size=2, intermediate_size=64, out_hidden_size=64,
-                               window_size=4 * patch, fullatt_block_indexes=[1], in_channels=3),
-            text_config=text, **special,
-        )
-    if arch == "internvl":
-        from transformers import InternVLConfig
-
-        return InternVLConfig(
-            vision_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                               image_size=image_size, patch_size=image_size // 8),
-            text_config=dict(common_text, model_type="qwen2",
-                             rope_parameters={"rope_type": "default", "rope_theta": 1e4}),
-            image_token_id=tid("<IMG_CONTEXT>"), image_seq_length=16, downsample_ratio=0.5,
-            vision_feature_layer=-1, vision_feature_select_strategy="default",
-        )
-    raise ValueError(f"unknown architecture {arch!r}; supported: {RANDOM_ARCHS}")
-
-
 def random_model(arch: str, *, seed: int = 0, n_layers: int = 4, words: Iterable[str] | None = None,
                  attn_implementation: str = "sdpa", image_size: int = 64) -> MLLM:
     """A tiny randomly initialised MLLM of ``arch`` with a word-level tokenizer, built offline.
 
     ``words`` defaults to the vocabulary of the synthetic world, so the random model reads world prompts.
+    The weights are drawn under ``torch.manual_seed(seed)`` inside ``fork_rng``: the global RNG is untouched.
+
+    Example: ``mm = random_model("internvl", n_layers=2)``.
     """
     import transformers
 
@@ -322,10 +174,8 @@ def random_model(arch: str, *, seed: int = 0, n_layers: int = 4, words: Iterable
         from mfutils.data.world import vocabulary
 
         words = vocabulary()
-    tok = build_word_tokenizer(words, image_token=ARCHS[arch].image_token, specials=ARCHS[arch].tokenizer_specials)
-    proc = build_processor(arch, tok, image_size=image_size)
-    cfg = _random_config(arch, tok, n_layers, image_size)
     spec = ARCHS[arch]
+    _, proc, cfg = tiny_parts(arch, words, n_layers=n_layers, image_size=image_size)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = getattr(transformers, spec.model_class)(cfg)
@@ -347,7 +197,7 @@ def _load_processor(path: Path, spec: ArchSpec) -> Any:
             raise
         # no torchvision -> no video processor: build the processor without it (see the notes)
         base = getattr(transformers, spec.processor_class)
-        return _qwen_processor_class(base).from_pretrained(path, local_files_only=True)
+        return without_video(base).from_pretrained(path, local_files_only=True)
 
 
 _WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth")
@@ -398,7 +248,12 @@ def _check_weights(path: Path, name: str, spec: ArchSpec) -> list[Path]:
     return files
 
 
-def _resolve_path(name: str) -> Path:
+def resolve_model_path(name: str) -> Path:
+    """The checkpoint folder that ``load_model(name)`` reads: ``"tiny"``, a local folder, or a Hugging Face id
+    in the local cache (never downloaded); ``ModelNotFoundError`` naming the fix otherwise.
+
+    Example: ``resolve_model_path("tiny") / "config.json"``.
+    """
     if name == DEFAULT_MODEL:
         p = checkpoint_dir()
         if not (p / "config.json").exists():
@@ -467,7 +322,7 @@ def load_model(name: str = DEFAULT_MODEL, *, attn_implementation: str = "sdpa", 
         mm.model.to(device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
         mm.model.to(dtype or default_dtype(device))         # as for checkpoints: bf16 on GPU, float32 on CPU
         return mm
-    path = _resolve_path(name)
+    path = resolve_model_path(name)
     try:
         config = json.loads((path / "config.json").read_text())
     except json.JSONDecodeError as exc:

@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mfutils.core.paths import display_path
 from mfutils.core.provenance import git_commit, sha256_file
 
 __all__ = ["write_card", "DESIGN_NOTES", "RETRAIN_TOLERANCE"]
@@ -73,7 +74,7 @@ def write_card(folder: Path, n: int = 1000, seed: int = 1001) -> dict[str, Any]:
     folder = Path(folder)
     log_path = folder / "train_log.json"
     if not log_path.exists():
-        raise FileNotFoundError(f"{log_path} is missing: write_card needs the log that `mf train` writes")
+        raise FileNotFoundError(f"{display_path(log_path)} is missing: write_card needs the log that `mf train` writes")
     log = json.loads(log_path.read_text())
     if seed in (log["config"]["seed"], log["config"]["seed"] + 500):
         raise ValueError(f"held-out seed {seed} is the training or monitor stream; pick another")

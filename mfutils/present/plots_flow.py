@@ -1,13 +1,13 @@
-"""Figures of notebook 02 (information flow), drawn from the JSON document of ``mfutils.study.flow``.
+"""Figures of notebook 02 (information flow), drawn from the document of ``mfutils.study.information_flow``.
 
 Every function takes an ``ax`` (or ``axes``) to draw into, or creates its own figure, and returns the
 figure; the theme is ``mfutils.present.plots.set_theme`` (seaborn colour-blind palette). Titles carry sample counts.
 
 Public API
 ----------
-EDGE_PANELS                                         default grouping of the knockout edges into panels
 plot_knockout(knockout, edges, subsets, ax=None, title=None) -> Figure      INSSD per window, CI bands
-plot_knockout_panels(doc, subsets, panels=EDGE_PANELS, axes=None) -> Figure  one panel per edge group
+plot_knockout_panels(doc, subsets, panels=PANELS, axes=None) -> Figure  one panel per edge group
+                                                    (``mfutils.model.edges.PANELS``)
 plot_flip_rate(knockout, edges, subset="all", ax=None) -> Figure
 plot_controls(doc, axes=None) -> Figure             C11: modality cues cut from instruction / constraint / system
 plot_saliency(saliency, ax=None) -> Figure
@@ -18,7 +18,7 @@ plot_stability(stability, ax=None) -> Figure
 
 Example::
 
-    doc = json.loads((results_dir("tiny") / "02_information_flow.json").read_text())
+    doc = read_results("tiny", "02_information_flow")          # mfutils.study.results
     fig = plot_knockout_panels(doc, subsets=("follow_image", "follow_text"))
     save_figure(fig, "02_knockout_by_instruction", model="tiny")
 """
@@ -34,16 +34,12 @@ import seaborn as sns
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from mfutils.model.edges import PANELS
 from mfutils.present.plots import COLUMN_WIDTH, set_theme
 
-__all__ = ["EDGE_PANELS", "plot_knockout", "plot_knockout_panels", "plot_flip_rate", "plot_controls",
+__all__ = ["plot_knockout", "plot_knockout_panels", "plot_flip_rate", "plot_controls",
            "plot_saliency", "plot_ldar", "plot_dla", "plot_subspace", "plot_stability"]
 
-EDGE_PANELS: dict[str, tuple[str, ...]] = {
-    "into the instruction (C1)": ("image->instruction", "context->instruction", "image+context->instruction",
-                                  "image->context"),
-    "into the answer position (C2)": ("instruction->last", "image->last", "context->last", "question->last"),
-}
 _LINESTYLES = {"all": "-", "follow_image": "-", "follow_text": "--", "succeeded": "-", "failed": ":"}
 _SUBSET_LABEL = {"all": "all", "follow_image": "follow image", "follow_text": "follow text",
                  "succeeded": "succeeded", "failed": "failed"}
@@ -117,7 +113,7 @@ def plot_knockout(knockout: Mapping[str, Mapping[str, Any]], edges: Sequence[str
 
 
 def plot_knockout_panels(doc: Mapping[str, Any], subsets: Sequence[str] = ("follow_image", "follow_text"),
-                         panels: Mapping[str, Sequence[str]] = EDGE_PANELS,
+                         panels: Mapping[str, Sequence[str]] = PANELS,
                          axes: Sequence[plt.Axes] | None = None) -> plt.Figure:
     """One ``plot_knockout`` panel per edge group of ``panels`` (shared y axis), split by ``subsets``."""
     set_theme()

@@ -1,7 +1,8 @@
 """Figures of notebooks 03-06: head scores, blocking, amplification, capability retention.
 
-Every function takes an optional ``ax`` (a new figure otherwise), draws from the numbers that
-``mfutils.study.heads`` computes or its JSON documents hold, and returns the figure; save it with
+Every function takes an optional ``ax`` (a new figure otherwise), draws from the numbers that the head studies
+compute (``mfutils.study``: scoring, selection, blocking, amplification, retention) or their results documents
+hold, and returns the figure; save it with
 ``mfutils.present.plots.save_figure``. Colour-blind palette (seaborn ``colorblind``); sample counts in labels.
 
 Public API
@@ -16,7 +17,7 @@ plot_capability(doc06, ax=None) -> Figure       accuracy per category before/aft
 
 Example::
 
-    fig = plot_head_scores(scores, identified=top_heads(scores))
+    fig = plot_head_scores(scores, identified=top_heads(scores))      # top_heads: mfutils.study.selection
     save_figure(fig, "03_head_scores", model="tiny")
 """
 

@@ -2,18 +2,23 @@
 rule written in ``paper/claims.yaml`` before the numbers were known, and the figure that shows it.
 
 Nothing in the report is typed by hand: every number comes from ``results/<model>/*.json`` written by the
-notebooks; a claim whose results are missing is reported as "not measured" with the reason.
+notebooks. A claim reads "not measured" only when a measurement is absent: the results file does not exist, or
+it lacks the key that holds the measurement (``MissingMeasurement``). Any other error inside a rule is a bug
+and raises.
 
 Public API
 ----------
 load_claims() -> dict                 paper/claims.yaml
-assess(model) -> list[Verdict]        apply the rules to the results of ``model``
+verdict(model, claim_id) -> Verdict   one claim's verdict by its rule (what notebooks print)
+assess(model) -> list[Verdict]        every claim's verdict, in the order of paper/claims.yaml
 write_report(model) -> Path           paper/REPORT.md for the default model (results/<model>/REPORT.md otherwise)
-Verdict                               claim id, verdict, measured text, figure
+Verdict                               claim id, statement, verdict, measured text, rule, figure
+RULES                                 claim id -> (results files it needs, the rule)
+MissingMeasurement                    KeyError: a results file lacks the key that holds a measurement
 
 Example::
 
-    for v in assess("tiny"): print(v.claim, v.verdict)
+    v = verdict("tiny", "C6"); print(v.verdict, v.measured)
 """
 
 from __future__ import annotations
@@ -27,9 +32,10 @@ from typing import Any, Callable
 import yaml
 
 from mfutils.model.loading import DEFAULT_MODEL
-from mfutils.core.paths import figures_dir, model_slug, output_root, repo_root, results_dir
+from mfutils.core.paths import atomic_write_text, display_path, figures_dir, model_slug, output_root, repo_root, results_dir
+from mfutils.study.results import read_results
 
-__all__ = ["load_claims", "assess", "write_report", "Verdict", "FIGURES"]
+__all__ = ["load_claims", "verdict", "assess", "write_report", "Verdict", "FIGURES", "RULES", "MissingMeasurement"]
 
 REPRODUCED, PARTLY, NOT, NA, MISSING = "reproduced", "partly", "not reproduced", "not applicable", "not measured"
 
@@ -43,6 +49,9 @@ FIGURES: dict[str, str] = {
 
 @dataclass
 class Verdict:
+    """One claim's verdict: ``verdict`` is reproduced / partly / not reproduced / not applicable / not measured;
+    ``measured`` the numbers behind it; ``figure`` the figure's path relative to the output root (None if absent)."""
+
     claim: str
     statement: str
     verdict: str
@@ -55,9 +64,42 @@ def load_claims() -> dict[str, Any]:
     return yaml.safe_load((repo_root() / "paper" / "claims.yaml").read_text())
 
 
+class MissingMeasurement(KeyError):
+    """A results file lacks the key that holds a measurement: the claim reads "not measured", not an error."""
+
+    def __init__(self, key: Any, source: str) -> None:
+        super().__init__(key)
+        self.key, self.source = key, source
+
+
+class _Doc(dict):  # type: ignore[type-arg]
+    """A JSON object of a results file: a missing key raises ``MissingMeasurement`` (naming the file), so that
+    the rules tell an absent measurement from a bug (a KeyError anywhere else, an IndexError, a TypeError)."""
+
+    def __init__(self, items: dict[str, Any], source: str) -> None:
+        super().__init__(items)
+        self.source = source
+
+    def __missing__(self, key: Any) -> Any:
+        raise MissingMeasurement(key, self.source)
+
+
+def _tagged(x: Any, source: str) -> Any:
+    """``x`` with every JSON object a ``_Doc`` of ``source``."""
+    if isinstance(x, dict):
+        return _Doc({k: _tagged(v, source) for k, v in x.items()}, source)
+    if isinstance(x, list):
+        return [_tagged(v, source) for v in x]
+    return x
+
+
 def _load(model: str, name: str) -> dict[str, Any] | None:
-    p = results_dir(model, create=False) / f"{name}.json"
-    return json.loads(p.read_text()) if p.exists() else None
+    """results/<model>/<name>.json (``study.results.read_results``), or None when the file was not written."""
+    try:
+        doc = read_results(model, name)
+    except FileNotFoundError:
+        return None
+    return _tagged(doc, f"{name}.json")
 
 
 def _n(x: float | None) -> float:
@@ -269,27 +311,45 @@ _FILES = {"02": "02_information_flow", "03": "03_head_identification", "04": "04
           "05": "05_amplification", "06": "06_capability_retention"}
 
 
-def assess(model: str) -> list[Verdict]:
-    """Apply the rules of paper/claims.yaml to the results of ``model``."""
+def _judge(model: str, cid: str, spec: dict[str, Any], th: dict[str, float],
+           results: dict[str, dict[str, Any] | None]) -> Verdict:
+    """Claim ``cid``'s verdict by its rule on ``results`` (file key -> document, None when not written)."""
+    needs, fn = RULES[cid]
+    missing = [_FILES[n] for n in needs if results[n] is None]
+    fig = FIGURES.get(cid)
+    fig_path = figures_dir(model, create=False) / f"{fig}.png" if fig else None
+    if missing:
+        verdict_, measured = MISSING, f"no results: {', '.join(missing)}.json was not written (notebook not run or not built)"
+    else:
+        try:
+            verdict_, measured = fn({k: v for k, v in results.items() if v is not None}, th)
+        except MissingMeasurement as exc:  # only an absent measurement; a bug in a rule raises
+            verdict_, measured = MISSING, (f"results incomplete for this claim ({exc.source} has no {exc.key!r}); "
+                                           "rerun the chain")
+    return Verdict(cid, spec["statement"], verdict_, measured, spec["rule"],
+                   display_path(fig_path) if fig_path is not None and fig_path.exists() else None)
+
+
+def verdict(model: str, claim_id: str) -> Verdict:
+    """The verdict of claim ``claim_id`` ("C1".."C12") by its rule in paper/claims.yaml, from the results
+    files of ``model``. Notebooks print verdicts only through this (or ``assess``).
+
+    Example::
+
+        v = verdict("tiny", "C6"); print(f"{v.claim}: {v.verdict} ({v.measured})")
+    """
     claims = load_claims()
-    th = claims["thresholds"]
+    if claim_id not in claims["claims"]:
+        raise ValueError(f"unknown claim {claim_id!r}; paper/claims.yaml has {', '.join(claims['claims'])}")
     results = {k: _load(model, f) for k, f in _FILES.items()}
-    out = []
-    for cid, spec in claims["claims"].items():
-        needs, fn = RULES[cid]
-        missing = [_FILES[n] for n in needs if results[n] is None]
-        fig = FIGURES.get(cid)
-        fig_path = figures_dir(model, create=False) / f"{fig}.png" if fig else None
-        if missing:
-            verdict, measured = MISSING, f"no results: {', '.join(missing)}.json was not written (notebook not run or not built)"
-        else:
-            try:
-                verdict, measured = fn({k: v for k, v in results.items() if v is not None}, th)
-            except (KeyError, IndexError, TypeError) as exc:
-                verdict, measured = MISSING, f"results incomplete for this claim ({type(exc).__name__}: {exc}); rerun the chain"
-        out.append(Verdict(cid, spec["statement"], verdict, measured, spec["rule"],
-                           str(fig_path) if fig_path is not None and fig_path.exists() else None))
-    return out
+    return _judge(model, claim_id, claims["claims"][claim_id], claims["thresholds"], results)
+
+
+def assess(model: str) -> list[Verdict]:
+    """Apply the rules of paper/claims.yaml to the results of ``model``: every claim's verdict, in file order."""
+    claims = load_claims()
+    results = {k: _load(model, f) for k, f in _FILES.items()}
+    return [_judge(model, cid, spec, claims["thresholds"], results) for cid, spec in claims["claims"].items()]
 
 
 def write_report(model: str = DEFAULT_MODEL) -> Path:
@@ -305,9 +365,8 @@ def write_report(model: str = DEFAULT_MODEL) -> Path:
     def link(fig: str | None) -> str:
         if fig is None:
             return "—"
-        rel = Path(fig).relative_to(output_root()) if Path(fig).is_relative_to(output_root()) else Path(fig)
-        up = "../" * (len(path.relative_to(output_root()).parts) - 1)
-        return f"[{Path(fig).stem}]({up}{rel.as_posix()})"
+        up = "../" * (len(path.relative_to(output_root()).parts) - 1)   # fig: relative to the output root
+        return f"[{Path(fig).stem}]({up}{Path(fig).as_posix()})"
 
     counts: dict[str, int] = {}
     for v in verdicts:
@@ -334,7 +393,4 @@ def write_report(model: str = DEFAULT_MODEL) -> Path:
     for v in verdicts:
         lines.append(f"| {v.claim} | {v.statement} | **{v.verdict}** | {v.measured} | {link(v.figure)} |")
     lines += ["", "## Rules", ""] + [f"- **{v.claim}**: {v.rule}" for v in verdicts] + [""]
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines))
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, "\n".join(lines))

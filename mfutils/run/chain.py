@@ -5,7 +5,8 @@ and any ``-p name=value``); its executed copy goes to ``figures/<model>/notebook
 
 Resuming (issue 8). After a notebook finishes, the chain records in ``results/<model>/chain_state.json`` the
 notebook's *fingerprint* (a hash of its source cells, its parameters, the mfutils source code, the model's
-weights and the fingerprint of the notebook before it) and the sha256 of every file it wrote. A later run
+weights and the fingerprint of the notebook before it; ``mfutils.run.state``) and the sha256 of every file it
+wrote. A later run
 skips a notebook only when its fingerprint is unchanged and every recorded output is present with the same
 hash; from the first notebook that must run, every later notebook runs too. Before a notebook starts, its
 record and those after it are removed, so a run killed half-way never leaves a record that vouches for
@@ -16,7 +17,9 @@ Provenance. Every JSON results file a notebook writes gets a ``"provenance"`` bl
 versions, model path and weights sha256, dataset checksums, parameters, the notebook, its wall time), and
 the executed notebook gets the same under ``metadata.mfutils``. ``results/<model>/PROVENANCE.json`` lists
 every output file (JSON or not) with its sha256 and the notebook that wrote it. Comparing two runs for
-determinism means comparing results with their ``provenance`` blocks removed (``strip_provenance``).
+determinism means comparing results with their ``provenance`` blocks removed (``state.strip_provenance``).
+Paths that the chain prints or records are relative to the output root (``mfutils.core.paths.display_path``),
+in the executed notebooks' metadata too.
 
 Public API
 ----------
@@ -28,8 +31,6 @@ check_parameters(params, nbs)        raise ChainParameterError for an unknown na
 parse_parameter(text) -> (name, value)   ``"n_test=200"`` -> ``("n_test", 200)`` (Python literals; else a string)
 run_chain(model, smoke, only, force, params) -> int   run the chain; returns a process exit code
 kernel_name() -> str                 the Jupyter kernel the chain uses
-model_identity(model) -> dict        the model's name, folder and weights sha256 (or how it was built)
-strip_provenance(doc) -> doc         a results document without its provenance block (for comparisons)
 store_checked_outputs(model) -> list[str]   copy the outputs of ``# NBVAL_CHECK_OUTPUT`` cells from the
                                      executed copies into the source notebooks (after a deliberate change)
 
@@ -42,7 +43,6 @@ Example::
 from __future__ import annotations
 
 import ast
-import hashlib
 import json
 import sys
 import time
@@ -50,11 +50,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mfutils.core.paths import atomic_write_text, figures_dir, notebooks_dir, output_root, repo_root, results_dir
+from mfutils.core.paths import atomic_write_text, display_path, figures_dir, notebooks_dir, results_dir
+from mfutils.run import state as records
 
 __all__ = ["PLANNED", "built_notebooks", "describe_chain", "run_chain", "kernel_name", "store_checked_outputs",
-           "notebook_parameters", "check_parameters", "parse_parameter", "ChainParameterError", "model_identity",
-           "strip_provenance", "STATE_FILE", "PROVENANCE_FILE"]
+           "notebook_parameters", "check_parameters", "parse_parameter", "ChainParameterError"]
 
 PLANNED: tuple[tuple[str, str], ...] = (
     ("00_model", "the default model: its card and baseline modality-following ratios"),
@@ -68,24 +68,8 @@ PLANNED: tuple[tuple[str, str], ...] = (
                     "view; writes no results"),
 )
 
-STATE_FILE = "chain_state.json"
-PROVENANCE_FILE = "PROVENANCE.json"
-_STATE_VERSION = 1
-# Files of the output folders that are the chain's own bookkeeping, never a notebook's output.
-_BOOKKEEPING = {STATE_FILE, PROVENANCE_FILE, "chain_timings.json"}
-
-
 class ChainParameterError(ValueError):
     """A chain parameter that no notebook takes, or a value of the wrong type."""
-
-
-def _rel(p: Path) -> str:
-    for base in (output_root(), repo_root()):
-        try:
-            return str(p.relative_to(base))
-        except ValueError:
-            continue
-    return str(p)
 
 
 def built_notebooks() -> list[Path]:
@@ -195,165 +179,6 @@ def parse_parameter(text: str) -> tuple[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------
-# Fingerprints, outputs, provenance
-# ------------------------------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    from mfutils.core.provenance import sha256_file
-
-    return sha256_file(path)
-
-
-def _source_fingerprint(nb: Path) -> str:
-    """Hash of the code and markdown sources of ``nb`` (outputs and execution counts ignored)."""
-    import nbformat
-
-    book = nbformat.read(nb, as_version=4)
-    h = hashlib.sha256()
-    for cell in book.cells:
-        h.update(cell.cell_type.encode())
-        h.update(b"\0")
-        h.update(cell.source.encode())
-        h.update(b"\0")
-        h.update(json.dumps(sorted(cell.get("metadata", {}).get("tags", []))).encode())
-    return h.hexdigest()
-
-
-# Modules that compute nothing a results file holds (paths inside mfutils, without ".py"; a folder counts
-# with everything under it): they count only for the notebooks that use them.
-_INTERACTIVE_MODULES = ("present/widgets",)
-
-
-def _is_under(rel: str, prefix: str) -> bool:
-    return rel == f"{prefix}.py" or rel.startswith(f"{prefix}/")
-
-
-def _code_fingerprint(include: Sequence[str] = ()) -> str:
-    """Hash of the mfutils package sources: a change in the code that computes results invalidates them.
-    The interactive modules (``present/widgets``) count only where ``include`` names them."""
-    h = hashlib.sha256()
-    pkg = Path(__file__).resolve().parents[1]
-    for p in sorted(pkg.rglob("*.py")):
-        rel = p.relative_to(pkg).as_posix()
-        if any(_is_under(rel, m) and m not in include for m in _INTERACTIVE_MODULES):
-            continue
-        h.update(rel.encode())
-        h.update(p.read_bytes())
-    return h.hexdigest()
-
-
-def _uses(nb: Path) -> list[str]:
-    text = nb.read_text()
-    return [m for m in _INTERACTIVE_MODULES
-            if f"mfutils.{m.replace('/', '.')}" in text or f"import {m.rsplit('/', 1)[-1]}" in text]
-
-
-def model_identity(model: str) -> dict[str, Any]:
-    """What a result was computed with: ``{"name", "path", "weights": {file: sha256}}`` for a checkpoint
-    folder, ``{"name", "built": ...}`` for a random model (no file). Never loads the model.
-
-    Example::
-
-        model_identity("tiny")["weights"]["model.safetensors"][:12]
-    """
-    if model.startswith("random:"):
-        return {"name": model, "built": "random initialisation, seed 0, in mfutils.model.loading.random_model (no file)"}
-    from mfutils.model.loading import _resolve_path  # the same resolution load_model uses (local only, never a download)
-
-    path = _resolve_path(model)
-    weights = {p.name: _sha256(p) for p in sorted(path.glob("*.safetensors"))} or \
-              {p.name: _sha256(p) for p in sorted(path.glob("*.bin"))}
-    shown = path.relative_to(repo_root()) if path.is_relative_to(repo_root()) else path  # same on every clone
-    return {"name": model, "path": str(shown), "weights": weights}
-
-
-def _dataset_identity(model: str) -> dict[str, Any] | None:
-    path = results_dir(model, create=False) / "data_manifest.json"
-    if not path.exists():
-        return None
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
-    splits = manifest.get("splits", {})
-    ident = {"manifest": _rel(path), "dataset": manifest.get("dataset", "world"),
-             "dataset_version": manifest.get("dataset_version"),
-             "splits": {k: {kk: v.get(kk) for kk in ("n", "seed", "sha256") if kk in v} for k, v in splits.items()}}
-    for key in ("mc2_json", "mc2_sha256", "coco_root", "form", "filtered_for"):  # MC2: the file, images, filter
-        if key in manifest:
-            ident[key] = manifest[key]
-    return ident
-
-
-def _parameter_files(params: Mapping[str, Any]) -> dict[str, str]:
-    """sha256 of every parameter that names a file (e.g. ``mc2_json``): a changed file at the same path is a
-    changed input. Folders (``coco_root``) are not hashed; their files are checked by the notebooks."""
-    out = {}
-    for name, value in sorted(params.items()):
-        if isinstance(value, str) and value and Path(value).expanduser().is_file():
-            out[name] = _sha256(Path(value).expanduser())
-    return out
-
-
-def strip_provenance(doc: Any) -> Any:
-    """``doc`` without its top-level ``"provenance"`` block (what differs between two identical runs)."""
-    if isinstance(doc, dict):
-        return {k: v for k, v in doc.items() if k != "provenance"}
-    return doc
-
-
-def _snapshot(dirs: Sequence[Path]) -> dict[Path, tuple[int, int]]:
-    snap: dict[Path, tuple[int, int]] = {}
-    for d in dirs:
-        if d.exists():
-            for p in d.rglob("*"):
-                if p.is_file() and p.name not in _BOOKKEEPING and ".partial" not in p.name:
-                    st = p.stat()
-                    snap[p] = (st.st_mtime_ns, st.st_size)
-    return snap
-
-
-def _read_state(path: Path, model: str) -> dict[str, Any]:
-    if path.exists():
-        try:
-            state = json.loads(path.read_text())
-            if state.get("version") == _STATE_VERSION and state.get("model") == model:
-                return state
-        except json.JSONDecodeError:
-            pass
-    return {"version": _STATE_VERSION, "model": model, "notebooks": {}}
-
-
-def _outputs_intact(record: Mapping[str, Any]) -> tuple[bool, str]:
-    root = output_root()
-    for rel, sha in record.get("outputs", {}).items():
-        p = root / rel
-        if not p.exists():
-            return False, f"output {rel} is missing"
-        if _sha256(p) != sha:
-            return False, f"output {rel} changed since it was written"
-    return True, ""
-
-
-def _stamp_outputs(outputs: Sequence[Path], provenance: Mapping[str, Any], executed: Path) -> None:
-    """Add the provenance block to JSON results (atomically) and to the executed notebook's metadata."""
-    import nbformat
-
-    for p in outputs:
-        if p.suffix == ".json" and p.name not in _BOOKKEEPING:
-            try:
-                doc = json.loads(p.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                continue
-            if isinstance(doc, dict):
-                doc["provenance"] = dict(provenance)
-                atomic_write_text(p, json.dumps(doc, indent=1, allow_nan=False))
-    if executed.exists():
-        book = nbformat.read(executed, as_version=4)
-        book.metadata["mfutils"] = dict(provenance)
-        atomic_write_text(executed, nbformat.writes(book))
-
-
-# ------------------------------------------------------------------------------------------------
 # The chain
 # ------------------------------------------------------------------------------------------------
 def run_chain(model: str = "tiny", smoke: bool = False, only: Sequence[str] | None = None, force: bool = False,
@@ -366,19 +191,19 @@ def run_chain(model: str = "tiny", smoke: bool = False, only: Sequence[str] | No
     """
     import papermill as pm
 
-    from mfutils.core.provenance import environment
+    from mfutils.core.provenance import environment, sha256_file
 
     nbs = built_notebooks()
     if only:
         nbs = [p for p in nbs if any(p.stem.startswith(o) for o in only)]
     parameters: dict[str, Any] = {"model": model, "smoke": bool(smoke), **dict(params or {})}
     check_parameters(parameters, nbs)
-    identity = model_identity(model)  # fails early, with the fix, for an unknown or missing model
+    identity = records.model_identity(model)  # fails early, with the fix, for an unknown or missing model
     fig_dir, res_dir = figures_dir(model), results_dir(model)
     out_dir = fig_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
-    state_path = res_dir / STATE_FILE
-    state = {"version": _STATE_VERSION, "model": model, "notebooks": {}} if force else _read_state(state_path, model)
+    state_path = res_dir / records.STATE_FILE
+    state = records.new_state(model) if force else records.read_state(state_path, model)
     print(describe_chain(), flush=True)
     kernel = kernel_name()
     env = environment()
@@ -389,12 +214,7 @@ def run_chain(model: str = "tiny", smoke: bool = False, only: Sequence[str] | No
     for nb in nbs:
         dst = out_dir / nb.name
         nb_params = {k: v for k, v in parameters.items() if k in notebook_parameters(nb)}
-        code_fp = _code_fingerprint(_uses(nb))
-        inputs = {"source": _source_fingerprint(nb), "params": nb_params, "files": _parameter_files(nb_params),
-                  "code": code_fp, "model": identity, "previous": previous_fp}
-        parts = {k: hashlib.sha256(json.dumps(v, sort_keys=True, default=str).encode()).hexdigest()
-                 for k, v in inputs.items()}
-        fp = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+        fp, parts = records.fingerprint(nb, nb_params, identity, previous_fp)
         previous_fp = fp
         record = state["notebooks"].get(nb.stem)
         if not must_run:
@@ -407,7 +227,7 @@ def run_chain(model: str = "tiny", smoke: bool = False, only: Sequence[str] | No
                 changed = [names[k] for k, v in parts.items() if record.get("inputs", {}).get(k) != v]
                 reason = " and ".join(changed or ["its inputs"]) + " changed"
             else:
-                ok, reason = _outputs_intact(record)
+                ok, reason = records.outputs_intact(record)
                 if ok:
                     skipped.append(nb.stem)
                     print(f"\n--  {nb.name}: SKIPPED, unchanged since its complete run of "
@@ -422,31 +242,33 @@ def run_chain(model: str = "tiny", smoke: bool = False, only: Sequence[str] | No
             state["notebooks"].pop(later, None)
         atomic_write_text(state_path, json.dumps(state, indent=1))
 
-        print(f"\n==> {nb.name}  (model={model}, smoke={smoke}, kernel={kernel}) -> {_rel(dst)}", flush=True)
-        before = _snapshot([fig_dir, res_dir])
+        print(f"\n==> {nb.name}  (model={model}, smoke={smoke}, kernel={kernel}) -> {display_path(dst)}", flush=True)
+        before = records.snapshot([fig_dir, res_dir])
         t0 = time.time()
         try:
             pm.execute_notebook(str(nb), str(dst), parameters=nb_params, kernel_name=kernel,
                                 cwd=str(notebooks_dir()), progress_bar=False, log_output=False)
         except pm.PapermillExecutionError as exc:
-            print(f"FAILED in {nb.name}: {exc.ename}: {exc.evalue}\n  see the executed copy {dst}", file=sys.stderr)
+            records.relative_metadata(dst)
+            print(f"FAILED in {nb.name}: {exc.ename}: {exc.evalue}\n  see the executed copy {display_path(dst)}",
+                  file=sys.stderr)
             return 1
         wall = round(time.time() - t0, 1)
         timings[nb.stem] = wall
-        after = _snapshot([fig_dir, res_dir])
+        after = records.snapshot([fig_dir, res_dir])
         outputs = sorted(p for p, sig in after.items() if before.get(p) != sig)
         provenance = {"notebook": nb.name, "parameters": nb_params, "model": identity,
-                      "dataset": _dataset_identity(model), "git_commit": env["git_commit"],
+                      "dataset": records.dataset_identity(model), "git_commit": env["git_commit"],
                       "packages": env["packages"], "python": env["python"], "platform": env["platform"],
                       "torch_threads": env["torch_threads"], "wall_s": wall,
                       "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        _stamp_outputs(outputs, provenance, dst)
+        records.stamp_outputs(outputs, provenance, dst)
         state["notebooks"][nb.stem] = {"fingerprint": fp, "inputs": parts, "finished": provenance["finished"], "wall_s": wall,
-                                       "outputs": {_rel(p): _sha256(p) for p in outputs if p.exists()}}
+                                       "outputs": {display_path(p): sha256_file(p) for p in outputs if p.exists()}}
         atomic_write_text(state_path, json.dumps(state, indent=1))
         print(f"    done in {wall} s ({len(outputs)} files written)", flush=True)
 
-    _write_provenance_index(res_dir, state, identity, env)
+    records.write_provenance_index(res_dir, state, identity, env)
     timings_path = out_dir / "chain_timings.json"
     if timings_path.exists():  # a partial or resumed run keeps the timings of the notebooks it did not run
         previous = json.loads(timings_path.read_text())
@@ -458,25 +280,14 @@ def run_chain(model: str = "tiny", smoke: bool = False, only: Sequence[str] | No
     ran = len(nbs) - len(skipped)
     print(f"\nran {ran} notebook(s), skipped {len(skipped)} unchanged"
           + (f" ({', '.join(skipped)}; make reproduce FORCE=1 recomputes them)" if skipped else "")
-          + f"; executed copies in {_rel(out_dir)}")
+          + f"; executed copies in {display_path(out_dir)}")
     if missing:
         print("NOT BUILT YET (nothing was run or reported for them): " + ", ".join(missing))
     from mfutils.present.report import write_report
 
     path = write_report(model)
-    print(f"wrote {_rel(path)}")
+    print(f"wrote {display_path(path)}")
     return 0
-
-
-def _write_provenance_index(res_dir: Path, state: Mapping[str, Any], identity: Mapping[str, Any],
-                            env: Mapping[str, Any]) -> None:
-    files = {rel: {"sha256": sha, "notebook": stem}
-             for stem, rec in state["notebooks"].items() for rel, sha in rec.get("outputs", {}).items()}
-    doc = {"model": identity, "git_commit": env["git_commit"], "packages": env["packages"],
-           "notebooks": {stem: {"finished": rec.get("finished"), "wall_s": rec.get("wall_s")}
-                         for stem, rec in state["notebooks"].items()},
-           "files": dict(sorted(files.items()))}
-    atomic_write_text(res_dir / PROVENANCE_FILE, json.dumps(doc, indent=1))
 
 
 _MARK = "# NBVAL_CHECK_OUTPUT"
@@ -505,7 +316,8 @@ def store_checked_outputs(model: str = "tiny") -> list[str]:
             if cell.cell_type == "code" and cell.source.lstrip().startswith(_MARK):
                 done = ex_by_source.get(_unmarked(cell.source))
                 if done is None:
-                    raise ValueError(f"{executed} has no cell matching a checked cell of {src.name}: rerun the chain")
+                    raise ValueError(f"{display_path(executed)} has no cell matching a checked cell of {src.name}: "
+                                     "rerun the chain")
                 cell.outputs, cell.execution_count = done.outputs, 1
                 touched = True
         if touched:

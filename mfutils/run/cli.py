@@ -33,12 +33,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from mfutils import __version__
     from mfutils.run.chain import describe_chain
     from mfutils.model.loading import RANDOM_ARCHS
-    from mfutils.core.paths import checkpoint_dir, repo_root
+    from mfutils.core.paths import checkpoint_dir, display_path, repo_root
 
     print(f"mfutils {__version__}  torch {torch.__version__}  transformers {transformers.__version__}")
-    print(f"repository: {repo_root()}")
+    print(f"repository: {repo_root()}")            # where it is on this machine: the one absolute path printed
     ck = checkpoint_dir()
-    print(f"default model 'tiny': {ck} ({'present' if (ck / 'config.json').exists() else 'MISSING: run make retrain'})")
+    print(f"default model 'tiny': {display_path(ck)} ({'present' if (ck / 'config.json').exists() else 'MISSING: run make retrain'})")
     print("random models: " + ", ".join(f"random:{a}" for a in RANDOM_ARCHS))
     print(describe_chain())
     return 0
@@ -47,26 +47,28 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     import torch
 
+    from mfutils.core.paths import display_path
     from mfutils.study.train import TrainConfig, train
 
     torch.manual_seed(args.seed)
     cfg = TrainConfig(seed=args.seed, steps=args.steps)
     command = "python -m mfutils " + " ".join(shlex.quote(a) for a in args.argv)
     out = Path(args.out)
-    print(f"training the tiny model: {cfg.steps} steps of batch {cfg.batch_size} -> {out}", flush=True)
+    print(f"training the tiny model: {cfg.steps} steps of batch {cfg.batch_size} -> {display_path(out)}", flush=True)
     train(cfg, out, eval_n=args.monitor_n, command=command, progress=not args.no_progress)
     from mfutils.present.card import write_card
 
     write_card(out, n=args.eval_n, seed=args.eval_seed)
-    print(f"wrote {out} and its model card ({out / 'MODEL_CARD.md'})")
+    print(f"wrote {display_path(out)} and its model card ({display_path(out / 'MODEL_CARD.md')})")
     return 0
 
 
 def _cmd_card(args: argparse.Namespace) -> int:
+    from mfutils.core.paths import display_path
     from mfutils.present.card import write_card
 
     write_card(Path(args.model), n=args.n, seed=args.seed)
-    print(f"wrote {Path(args.model) / 'MODEL_CARD.md'}")
+    print(f"wrote {display_path(Path(args.model) / 'MODEL_CARD.md')}")
     return 0
 
 
@@ -82,11 +84,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     t0 = time.time()
     if args.dataset == "mc2":
         from mfutils.data import mc2
+        from mfutils.study.mc2_eval import evaluate_mc2, scorable
 
         records = mc2.load_records(args.mc2_json)[: args.n]
         images = mc2.find_images(records, args.coco_root)
-        samples, dropped = mc2.scorable(mm, mc2.record_samples(records, images, form=args.form))
-        res = mc2.evaluate_mc2(mm, samples, batch_size=args.batch_size)
+        samples, dropped = scorable(mm, mc2.record_samples(records, images, form=args.form))
+        res = evaluate_mc2(mm, samples, batch_size=args.batch_size)
         res.update({"dataset": "mc2", "form": args.form, "mc2_json": args.mc2_json,
                     "mc2_sha256": mc2.file_sha256(args.mc2_json), "n_unscorable": len(dropped)})
         cats: Sequence[str] = ("follow_image", "follow_text", "image_only", "text_only")

@@ -9,7 +9,6 @@ Public API
 TrainConfig                        the recipe (model size, optimiser, schedule, data mix seed)
 build_tiny_model(cfg) -> MLLM      a randomly initialised tiny Llava with the world's tokenizer
 train(cfg, out_dir, ...) -> dict   train, evaluate, write the checkpoint folder and its model card
-batch_inputs(mm, samples, with_answer) -> dict   processor inputs for a list of world samples
 
 Example::
 
@@ -27,19 +26,20 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from mfutils.model.groups import render_prompt
-from mfutils.model.loading import MLLM, build_processor, build_word_tokenizer
+from mfutils.model.inputs import batch_inputs
+from mfutils.model.loading import MLLM
+from mfutils.model.tiny import tiny_parts
 from mfutils.model.archs import ARCHS
-from mfutils.data.world import IMAGE_SIZE, TRAIN_MIX, TRAIN_SEED, VARIANT_MIX, Sample, make_samples, vocabulary
+from mfutils.data.world import IMAGE_SIZE, TRAIN_MIX, TRAIN_SEED, VARIANT_MIX, make_samples, vocabulary
 
-__all__ = ["TrainConfig", "build_tiny_model", "train", "batch_inputs", "render_text"]
+__all__ = ["TrainConfig", "build_tiny_model", "train"]
 
 
 @dataclass(frozen=True)
@@ -69,44 +69,23 @@ class TrainConfig:
     patch_size: int = 16
 
 
-def render_text(mm: MLLM, sample: Sample, with_answer: bool) -> str:
-    """The full prompt text of a sample in ``mm``'s template (one image placeholder), optionally + answer."""
-    text = render_prompt(mm, sample.prompt)
-    return f"{text} {sample.answer}" if with_answer else text
-
-
-def batch_inputs(mm: MLLM, samples: Sequence[Sample], with_answer: bool = False) -> dict[str, torch.Tensor]:
-    """Processor output (left padded) for ``samples``; with the answer appended when ``with_answer``."""
-    texts = [render_text(mm, s, with_answer) for s in samples]
-    enc = mm.processor(text=texts, images=[s.prompt.image for s in samples], return_tensors="pt", padding=True)
-    return {k: v.to(mm.device) for k, v in enc.items()}
-
-
 def build_tiny_model(cfg: TrainConfig) -> MLLM:
-    """A randomly initialised tiny Llava of the recipe's size (seeded by ``cfg.seed``)."""
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+    """A randomly initialised tiny Llava of the recipe's size (seeded by ``cfg.seed``), from ``ARCHS["llava"]``."""
+    import transformers
 
-    tok = build_word_tokenizer(vocabulary(), image_token="<image>")
-    proc = build_processor("llava", tok, image_size=cfg.image_size)
-    n_img = (cfg.image_size // cfg.patch_size) ** 2
-    config = LlavaConfig(
-        vision_config=CLIPVisionConfig(
-            hidden_size=cfg.vision_hidden, intermediate_size=cfg.vision_intermediate,
-            num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.vision_heads,
-            image_size=cfg.image_size, patch_size=cfg.patch_size),
-        text_config=LlamaConfig(
-            vocab_size=len(tok), hidden_size=cfg.hidden, intermediate_size=cfg.intermediate,
-            num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_heads,
-            max_position_embeddings=256, rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-            pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-            tie_word_embeddings=False),
-        image_token_index=tok.convert_tokens_to_ids("<image>"), image_seq_length=n_img,
-        vision_feature_select_strategy="default", vision_feature_layer=-1,
+    spec = ARCHS["llava"]
+    _, proc, config = tiny_parts(
+        spec.name, vocabulary(), n_layers=cfg.n_layers, image_size=cfg.image_size,
+        text=dict(hidden_size=cfg.hidden, intermediate_size=cfg.intermediate, num_attention_heads=cfg.n_heads,
+                  num_key_value_heads=cfg.n_heads, max_position_embeddings=256, tie_word_embeddings=False),
+        vision=dict(hidden_size=cfg.vision_hidden, intermediate_size=cfg.vision_intermediate,
+                    num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.vision_heads,
+                    patch_size=cfg.patch_size),
     )
-    torch.manual_seed(cfg.seed)
-    model = LlavaForConditionalGeneration(config)
+    torch.manual_seed(cfg.seed)                     # the global RNG, as the recipe always seeded it
+    model = getattr(transformers, spec.model_class)(config)
     model.set_attn_implementation("sdpa")
-    return MLLM(model=model, processor=proc, spec=ARCHS["llava"], name="tiny")
+    return MLLM(model=model, processor=proc, spec=spec, name="tiny")
 
 
 def _loss(mm: MLLM, enc: dict[str, torch.Tensor], lm_weight: float) -> tuple[torch.Tensor, float, float]:
@@ -136,7 +115,7 @@ def train(cfg: TrainConfig, out_dir: Path, *, eval_n: int = 256, command: str = 
     """
     from mfutils.study.evaluate import evaluate, quick_accuracy
 
-    from mfutils import seed_everything
+    from mfutils.core.seed import seed_everything
 
     out_dir = Path(out_dir)
     seed_everything(cfg.seed)

@@ -1,23 +1,20 @@
-"""Measures of modality following: margins, INSSD, flip rate, MFR (design section 5).
+"""What counts as an answer: candidate token ids, targets per sample, and the answer-position logits.
 
 Public API
 ----------
+candidate_ids(mm, words) -> list[int]     one token id per answer word, [len(words)] (cached per tokenizer)
+first_token_ids(mm, words) -> list[int]   deduplicated first tokens of answers, as they follow the prompt
 Targets                                   per-sample token ids: instructed answers, other answers, candidates
 targets_for(mm, samples) -> Targets       per sample: candidate lists when the sample has them, else the
                                           world's one-token answers
 targets_from_candidates(mm, samples) -> Targets   from ``answer_img_candidate_list`` / ``answer_text_candidate_list``
-first_token_ids(mm, words) -> list[int]   deduplicated first tokens of answers, as they follow the prompt
 CandidateOverlapError                     the two sides' candidates share every first token (no binary measure)
-margins(logits, targets, constrained=True) -> Tensor[B]
-inssd(m, m_new, eps=1e-3) -> Tensor[B]    per-sample normalised margin change (mean it for INSSD)
-flips(m, m_new) -> BoolTensor[B]          the decision between the two modalities changed sign
-follows(logits, targets) -> BoolTensor[B] argmax over the candidates is the instructed answer (MFR)
 answer_logits(mm, enc) -> Tensor[B, V]    logits at the answer position
 
 Example::
 
     t = targets_for(mm, samples); enc = encode(mm, [s.prompt for s in samples])
-    m = margins(answer_logits(mm, enc), t)        # log P+ - log P- per sample
+    logits = answer_logits(mm, enc)           # [B, V]; margins(logits, t) in mfutils.measure.margins
 """
 
 from __future__ import annotations
@@ -28,12 +25,11 @@ from typing import Any, Sequence
 
 import torch
 
+from mfutils.model.groups import SENTINEL, chat_template, render_chat
 from mfutils.model.loading import MLLM
 
-__all__ = ["Targets", "targets_for", "targets_from_candidates", "first_token_ids", "CandidateOverlapError",
-           "margins", "inssd", "flips", "follows", "answer_logits", "EPS"]
-
-EPS = 1e-3
+__all__ = ["candidate_ids", "first_token_ids", "Targets", "targets_for", "targets_from_candidates",
+           "CandidateOverlapError", "answer_logits"]
 
 
 @dataclass(frozen=True)
@@ -62,13 +58,50 @@ class CandidateOverlapError(ValueError):
     """Every first token of one side's candidate answers is also a first token of the other side's."""
 
 
+def candidate_ids(mm: MLLM, words: Sequence[str]) -> list[int]:
+    """One token id per answer word, [len(words)]: the word's token when it is one token (the tiny world), else
+    the first token of the word as it follows the prompt (``first_token_ids``; real tokenizers and MC2
+    answers). Raises a clear error if two words of the list would get the same id.
+
+    Called once per sample on hot paths, so the lookup of each word list is cached per tokenizer.
+
+    Example::
+
+        candidate_ids(mm, ["red", "green"])          # [id_red, id_green]
+    """
+    ids = list(_candidate_ids(mm.tokenizer, mm.name, tuple(words)))
+    if any(i is None for i in ids):
+        resolved = []
+        for i, w in zip(ids, words):
+            if i is None:
+                first = first_token_ids(mm, [w])
+                if not first:
+                    raise ValueError(f"answer word {w!r} has no known first token for {mm.name!r} (its first piece is "
+                                     "the unknown token): it cannot be scored; reword it or drop the sample")
+                i = first[0]
+            resolved.append(i)
+        ids = resolved
+    if len(set(ids)) != len(ids):
+        dup = [w for w, i in zip(words, ids) if ids.count(i) > 1]
+        raise ValueError(f"answer words {dup} start with the same token for {mm.name!r}, so they cannot be told apart "
+                         "by the answer position's logits; use words with distinct first tokens")
+    return ids  # type: ignore[return-value]
+
+
+@lru_cache(maxsize=256)
+def _candidate_ids(tokenizer: Any, name: str, words: tuple[str, ...]) -> tuple[int | None, ...]:
+    ids: list[int | None] = []
+    for w in words:
+        toks = tokenizer(" " + w, add_special_tokens=False)["input_ids"]
+        ids.append(int(toks[0]) if len(toks) == 1 else None)     # None: resolved by its first token
+    return tuple(ids)
+
+
 def _answer_prefix(mm: MLLM) -> str:
     """The rendered text that an answer follows (the end of the chat template after the user turn)."""
-    from mfutils.model.groups import _SENTINEL, _chat_template, _render_chat
-
-    if _chat_template(mm):
-        return _render_chat(mm, [{"type": "text", "text": _SENTINEL}]).split(_SENTINEL, 1)[1]
-    return mm.spec.template.format(user=_SENTINEL).split(_SENTINEL, 1)[1]
+    if chat_template(mm):
+        return render_chat(mm, [{"type": "text", "text": SENTINEL}]).split(SENTINEL, 1)[1]
+    return mm.spec.template.format(user=SENTINEL).split(SENTINEL, 1)[1]
 
 
 @lru_cache(maxsize=4096)
@@ -169,8 +202,6 @@ def targets_for(mm: MLLM, samples: Sequence[Any]) -> Targets:
 
         t = targets_for(mm, samples)          # world and MC2 samples alike
     """
-    from mfutils.study.evaluate import candidate_ids
-
     if any(_has_candidate_lists(s) for s in samples):
         parts = [targets_from_candidates(mm, [s]) if _has_candidate_lists(s) else targets_for(mm, [s]) for s in samples]
         return Targets([p.pos[0] for p in parts], [p.neg[0] for p in parts], [p.cand[0] for p in parts],
@@ -190,60 +221,15 @@ def targets_for(mm: MLLM, samples: Sequence[Any]) -> Targets:
     return Targets(pos, neg, cand, ai)
 
 
-def _gather_lse(logp: torch.Tensor, ids: list[list[int]]) -> torch.Tensor:
-    width = max(len(x) for x in ids)
-    idx = torch.tensor([x + [x[0]] * (width - len(x)) for x in ids], device=logp.device)
-    valid = torch.tensor([[True] * len(x) + [False] * (width - len(x)) for x in ids], device=logp.device)
-    vals = logp.gather(1, idx).masked_fill(~valid, float("-inf"))
-    return torch.logsumexp(vals, dim=1)
-
-
-def margins(logits: torch.Tensor, targets: Targets, constrained: bool = True) -> torch.Tensor:
-    """Margin of the instructed modality at the answer position, [B, V] logits -> [B].
-
-    Reconstruction (ours; the paper's exact formula is not public): P+ and P- are the summed
-    probabilities of the instructed and the other modality's candidate answers. With the binary
-    distribution constraint (default) they are renormalised over the pair and the margin is the
-    log-odds of the pair, log P+ - log P-. Unconstrained: the raw probability difference P+ - P-,
-    which counts probability mass leaking to unrelated tokens.
-    """
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    lp_pos, lp_neg = _gather_lse(logp, targets.pos), _gather_lse(logp, targets.neg)
-    if constrained:
-        return lp_pos - lp_neg
-    return lp_pos.exp() - lp_neg.exp()
-
-
-def inssd(m: torch.Tensor, m_new: torch.Tensor, eps: float = EPS) -> torch.Tensor:
-    """Per-sample normalised change of the instructed margin, (m' - m) / (|m| + eps).
-
-    INSSD (ours, within the paper's binary-constraint description) is the mean of this over samples:
-    0 no effect, -1 the margin is erased, below -1 the decision flips toward the other modality,
-    positive the intervention strengthens following.
-    """
-    return (m_new - m) / (m.abs() + eps)
-
-
-def flips(m: torch.Tensor, m_new: torch.Tensor) -> torch.Tensor:
-    """True where the pairwise decision (sign of the margin) changed."""
-    return torch.sign(m) != torch.sign(m_new)
-
-
-def follows(logits: torch.Tensor, targets: Targets) -> torch.Tensor:
-    """True where the argmax over the question's candidates is the instructed answer (MFR numerator)."""
-    out = []
-    for b in range(logits.shape[0]):
-        c = torch.tensor(targets.cand[b], device=logits.device)
-        best = int(logits[b, c].argmax())
-        out.append(best in targets.answer_set[b] if targets.answer_set is not None else best == targets.answer_index[b])
-    return torch.tensor(out, dtype=torch.bool)
-
-
 def answer_logits(mm: MLLM, enc: Any, **forward_kwargs: Any) -> torch.Tensor:
     """Logits at the position that predicts the answer (the ``last`` group), [B, V].
 
     Without appended answers that is the final position (left padding), and only its logits are computed;
     with answers appended (``encode(..., answers=...)``) it is each sample's ``last`` position.
+
+    Example::
+
+        logits = answer_logits(mm, encode(mm, [s.prompt for s in samples]).to(mm.device))   # [B, V]
     """
     if not bool(enc.groups.answer.any()):
         return mm.model(**enc.inputs, logits_to_keep=1, **forward_kwargs).logits[:, -1]
