@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from mfutils.present import report
+from mfutils.present.rules_common import Rule
 from mfutils.core.paths import results_dir
 
 
@@ -117,14 +118,14 @@ def test_a_bug_in_a_rule_raises_but_an_absent_measurement_is_not_measured(out: s
     with pytest.raises(TypeError):
         report.verdict(out, "C5")
     # a rule that reads a threshold that does not exist (a KeyError that is no absent measurement) raises
-    _, rule = report.RULES["C5"]
-    monkeypatch.setitem(report.RULES, "C5", (("03",), lambda r, th: rule(r, {**th, "top_share_full": th["nope"]})))
+    rule = report.RULES["C5"].original
+    monkeypatch.setitem(report.RULES, "C5", Rule(("03",), lambda r, th: rule(r, {**th, "top_share_full": th["nope"]})))
     _write(out, "03_head_identification", {"n_identify": 100, "n_layers": 8, "n_heads": 8, "k": 3,
                                            "top_share_of_score": 0.3, "spearman": 0.8, "top_overlap": 0.67})
     with pytest.raises(KeyError, match="nope"):
         report.assess(out)
     # an IndexError inside a rule raises too
-    monkeypatch.setitem(report.RULES, "C5", (("03",), lambda r, th: ([][0], "")))
+    monkeypatch.setitem(report.RULES, "C5", Rule(("03",), lambda r, th: ([][0], "")))
     with pytest.raises(IndexError):
         report.verdict(out, "C5")
 

@@ -10,6 +10,9 @@ rate(flags) -> float                                k / n of flags [N] (NaN when
 spread(values) -> {"mean", "sd"}                    over the finite values (sd with ddof = 1)
 relative_change(base, x) -> ndarray                 (mean(base) - mean(x)) / mean(base) along the last axis
 relative_drop(base, blocked, n_boot=1000, seed=0) -> {"mean", "lo", "hi", "n"}   paired bootstrap interval
+paired_bootstrap(stat, arrays, n_boot=1000, seed=0) -> {"value", "lo", "hi", "n"}   any statistic of paired [N] arrays
+empirical_p(observed, null) -> {"p", "count", "n", "resolution"}    share of null draws at least as strong (+1 rule)
+null_summary(values, n_boot=1000, seed=0) -> dict   a control distribution: mean [interval], sd, 95th percentile, n
 
 Example::
 
@@ -23,7 +26,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["wilson", "bootstrap_ci", "summarize", "proportion", "rate", "spread", "relative_change", "relative_drop"]
+__all__ = ["wilson", "bootstrap_ci", "summarize", "proportion", "rate", "spread", "relative_change", "relative_drop",
+           "paired_bootstrap", "empirical_p", "null_summary"]
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -118,3 +122,61 @@ def relative_drop(base: Sequence[bool] | np.ndarray, blocked: Sequence[bool] | n
     boots = boots[np.isfinite(boots)]
     lo, hi = (float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))) if boots.size else (math.nan,) * 2
     return {"mean": point, "lo": lo, "hi": hi, "n": int(n)}
+
+
+def paired_bootstrap(stat: Callable[..., float], arrays: Sequence[np.ndarray], n_boot: int = 1000, seed: int = 0,
+                     level: float = 0.95) -> dict[str, float]:
+    """``stat(*arrays)`` with a percentile bootstrap interval that resamples the samples (rows) of every array
+    together: ``arrays`` are [N] (or [N, ...]) arrays of the same samples.
+
+    Non-finite bootstrap values (e.g. a ratio whose resampled denominator is 0) are dropped. Returns
+    ``{"value", "lo", "hi", "n"}`` (NaN when N == 0).
+
+    Example::
+
+        paired_bootstrap(lambda d, m: d.mean() / m.mean(), [m_new - m, np.abs(m)])     # a ratio of means
+    """
+    xs = [np.asarray(a, dtype=float) for a in arrays]
+    n = xs[0].shape[0] if xs and xs[0].ndim else 0
+    if any(x.shape[:1] != (n,) for x in xs):
+        raise ValueError(f"paired arrays must share their first axis, got {[x.shape for x in xs]}")
+    if n == 0:
+        return {"value": math.nan, "lo": math.nan, "hi": math.nan, "n": 0}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        value = float(stat(*xs))
+        idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+        boots = np.array([stat(*(x[i] for x in xs)) for i in idx], dtype=float)
+    boots = boots[np.isfinite(boots)]
+    a = (1 - level) / 2
+    lo, hi = (float(np.quantile(boots, a)), float(np.quantile(boots, 1 - a))) if boots.size else (math.nan,) * 2
+    return {"value": value, "lo": lo, "hi": hi, "n": int(n)}
+
+
+def empirical_p(observed: float, null: Sequence[float] | np.ndarray, larger: bool = True) -> dict[str, float]:
+    """Empirical p-value of ``observed`` against control draws ``null``: (1 + #draws at least as strong) /
+    (1 + #draws), "strong" meaning larger (``larger=True``) or smaller. The +1 counts the observed value as a
+    draw, so p is never 0; ``resolution`` = 1 / (1 + #draws) is the smallest p the draws can give. Non-finite
+    draws are dropped; with none left, p is NaN.
+
+    Example: ``empirical_p(0.5, [0.1, 0.2, 0.6])`` -> ``{"p": 0.5, "count": 1, "n": 3, "resolution": 0.25}``.
+    """
+    v = np.asarray(null, dtype=float)
+    v = v[np.isfinite(v)]
+    if v.size == 0 or not math.isfinite(observed):
+        return {"p": math.nan, "count": 0, "n": int(v.size), "resolution": math.nan}
+    count = int((v >= observed).sum() if larger else (v <= observed).sum())
+    return {"p": (1 + count) / (1 + v.size), "count": count, "n": int(v.size), "resolution": 1 / (1 + v.size)}
+
+
+def null_summary(values: Sequence[float] | np.ndarray, n_boot: int = 1000, seed: int = 0) -> dict[str, float]:
+    """A control distribution (e.g. the relative drops of random head sets): its mean with a bootstrap 95%
+    interval over draws, sd, 95th percentile and the number of finite draws.
+
+    Example: ``null_summary(random_drops)["p95"]``.
+    """
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    lo, hi = bootstrap_ci(v, n_boot=n_boot, seed=seed)
+    return {"mean": float(v.mean()) if v.size else math.nan, "lo": lo, "hi": hi,
+            "sd": float(v.std(ddof=1)) if v.size > 1 else math.nan,
+            "p95": float(np.quantile(v, 0.95)) if v.size else math.nan, "n": int(v.size)}
