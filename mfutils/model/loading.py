@@ -9,7 +9,8 @@ RANDOM_ARCHS                      the ``random:<arch>`` names
 resolve_model_path(name) -> Path  the checkpoint folder ``load_model(name)`` reads (never downloads)
 DEFAULT_MODEL                     name of the default model ("tiny")
 random_model(arch, ...) -> MLLM   a tiny random model of ``arch`` in ``RANDOM_ARCHS`` (llava, qwen2_vl,
-                                  qwen2_5_vl, internvl), built offline
+                                  qwen2_5_vl, internvl), built offline; or a skeleton on a pretrained LM
+                                  (``mfutils.model.smol.SKELETONS``: ``random:smol``, SmolLM2 inside a Llava)
 default_dtype(device)             bfloat16 on GPU, float32 on CPU
 ModelNotFoundError, CheckpointError   clear errors naming the path and the fix
 
@@ -32,6 +33,7 @@ import torch
 import torch.nn as nn
 
 from mfutils.model.archs import ARCHS, ArchSpec, get_module, spec_for_model_type, without_video
+from mfutils.model.smol import SKELETONS
 from mfutils.model.tiny import tiny_parts
 from mfutils.core.paths import checkpoint_dir
 
@@ -167,9 +169,14 @@ def random_model(arch: str, *, seed: int = 0, n_layers: int = 4, words: Iterable
     """
     import transformers
 
+    if arch in SKELETONS:     # a pretrained LM inside: its own size and tokenizer (n_layers, words, image_size unused)
+        sk = SKELETONS[arch]
+        model, proc = sk.build(seed=seed, attn_implementation=attn_implementation)
+        return MLLM(model=model, processor=proc, spec=ARCHS[sk.arch], name=f"random:{arch}",
+                    info={"seed": seed, **sk.info})
     if arch not in RANDOM_ARCHS:
         raise ValueError(f"unknown random architecture {arch!r}; use one of "
-                         f"{', '.join('random:' + a for a in RANDOM_ARCHS)}")
+                         f"{', '.join('random:' + a for a in (*RANDOM_ARCHS, *SKELETONS))}")
     if words is None:
         from mfutils.data.world import vocabulary
 
@@ -283,7 +290,7 @@ def resolve_model_path(name: str) -> Path:
         raise ModelNotFoundError(f"model path {str(p)!r} does not exist: pass an existing checkpoint folder")
     raise ModelNotFoundError(
         f"unknown model {name!r}: use 'tiny' (the shipped default), "
-        f"{', '.join('random:' + a for a in RANDOM_ARCHS)}, a local checkpoint folder, or a cached "
+        f"{', '.join('random:' + a for a in (*RANDOM_ARCHS, *SKELETONS))}, a local checkpoint folder, or a cached "
         "Hugging Face id such as llava-hf/llava-1.5-7b-hf"
     )
 

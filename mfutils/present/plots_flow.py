@@ -5,16 +5,20 @@ figure; the theme is ``mfutils.present.plots.set_theme`` (seaborn colour-blind p
 
 Public API
 ----------
-plot_knockout(knockout, edges, subsets, ax=None, title=None) -> Figure      INSSD per window, CI bands
-plot_knockout_panels(doc, subsets, panels=PANELS, axes=None) -> Figure  one panel per edge group
-                                                    (``mfutils.model.edges.PANELS``)
+ESTIMATORS                                          the INSSD estimators a knockout figure can draw
+plot_knockout(knockout, edges, subsets, ax=None, title=None, estimator="mean_of_ratios") -> Figure
+                                                    INSSD per window, CI bands
+plot_knockout_panels(doc, subsets, panels=PANELS, axes=None, estimator="ratio_of_means") -> Figure
+                                                    one panel per edge group (``mfutils.model.edges.PANELS``)
+plot_estimators(doc, edges=MAIN_EDGES, subsets=("all", "failed"), axes=None) -> Figure
+                                                    the three estimators side by side (A3)
 plot_flip_rate(knockout, edges, subset="all", ax=None) -> Figure
-plot_controls(doc, axes=None) -> Figure             C11: modality cues cut from instruction / constraint / system
+plot_controls(doc, axes=None, estimator="ratio_of_means") -> Figure   C11: modality cues cut from instruction / constraint / system
 plot_saliency(saliency, ax=None) -> Figure
-plot_ldar(ldar, ax=None, reference=0.95) -> Figure
+plot_ldar(ldar, ax=None, reference=0.95) -> Figure  with the random-token baseline (A5)
 plot_dla(dla, ax=None) -> Figure                    attention vs MLP direct logit attribution per layer
 plot_subspace(subspace, ax=None) -> Figure
-plot_stability(stability, ax=None) -> Figure
+plot_stability(stability, ax=None) -> Figure      ratio of means with bands over draws (+ mean of ratios)
 
 Example::
 
@@ -34,15 +38,30 @@ import seaborn as sns
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from mfutils.model.edges import PANELS
+from mfutils.model.edges import MAIN_EDGES, PANELS
 from mfutils.present.plots import COLUMN_WIDTH, set_theme
 
-__all__ = ["plot_knockout", "plot_knockout_panels", "plot_flip_rate", "plot_controls",
-           "plot_saliency", "plot_ldar", "plot_dla", "plot_subspace", "plot_stability"]
+__all__ = ["ESTIMATORS", "plot_knockout", "plot_knockout_panels", "plot_estimators", "plot_flip_rate",
+           "plot_controls", "plot_saliency", "plot_ldar", "plot_dla", "plot_subspace", "plot_stability"]
 
-_LINESTYLES = {"all": "-", "follow_image": "-", "follow_text": "--", "succeeded": "-", "failed": ":"}
+_LINESTYLES = {"all": "-", "follow_image": "-", "follow_text": "--", "succeeded": "-", "failed": ":",
+               "failed_arbitration": "-.", "failed_perception": (0, (1, 3))}
 _SUBSET_LABEL = {"all": "all", "follow_image": "follow image", "follow_text": "follow text",
-                 "succeeded": "succeeded", "failed": "failed"}
+                 "succeeded": "succeeded", "failed": "failed", "failed_arbitration": "arbitration failures",
+                 "failed_perception": "perception failures"}
+# INSSD estimators (``mfutils.measure.margins.inssd_estimators``) and their axis labels; all ours.
+ESTIMATORS: dict[str, str] = {"mean_of_ratios": "INSSD, mean of ratios (ours)", "median": "INSSD, median of ratios (ours)",
+                              "ratio_of_means": "INSSD, ratio of means (ours)"}
+
+
+def _curve(s: Mapping[str, Any], estimator: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(value, lo, hi) [W] of one knockout summary for ``estimator`` (``ESTIMATORS``)."""
+    if estimator == "mean_of_ratios":
+        return _arr(s["inssd"]), _arr(s["lo"]), _arr(s["hi"])
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {list(ESTIMATORS)}, got {estimator!r}")
+    e = s[estimator]
+    return _arr(e["value"]), _arr(e["lo"]), _arr(e["hi"])
 
 
 def _palette(n: int) -> list[Any]:
@@ -67,11 +86,12 @@ def _window_label(doc_window: int | None) -> str:
 
 def plot_knockout(knockout: Mapping[str, Mapping[str, Any]], edges: Sequence[str],
                   subsets: Sequence[str] = ("all",), ax: plt.Axes | None = None, title: str | None = None,
-                  window: int | None = None, bands: bool = True) -> plt.Figure:
-    """INSSD (mean with bootstrap 95% band) against the knocked-out window, one line per edge x subset.
+                  window: int | None = None, bands: bool = True, estimator: str = "mean_of_ratios") -> plt.Figure:
+    """INSSD (``estimator`` with its bootstrap 95% band) against the knocked-out window, one line per edge x subset.
 
-    ``knockout``: ``doc["knockout"]`` (or a control's) ``{edge: {subset: {"start", "inssd", "lo", "hi",
-    "flip", "n"}}}``. Colour: edge; line style: subset. Subsets with n = 0 are skipped (named in the legend).
+    ``knockout``: ``doc["knockout"]`` (or a control's) ``{edge: {subset: SweepResult.summary}}``;
+    ``estimator``: a key of ``ESTIMATORS`` (the mean of ratios is ``inssd``/``lo``/``hi``). Colour: edge;
+    line style: subset. Subsets with n = 0 are skipped (named in the legend).
     """
     fig, ax = _ax(ax)
     colors = _palette(len(edges))
@@ -86,10 +106,10 @@ def plot_knockout(knockout: Mapping[str, Mapping[str, Any]], edges: Sequence[str
             s = knockout.get(edge, {}).get(subset)
             if not s or not s["n"]:
                 continue
-            x, y = np.array(s["start"]), _arr(s["inssd"])
+            x, (y, lo, hi) = np.array(s["start"]), _curve(s, estimator)
             ax.plot(x, y, color=color, ls=styles[subset], marker="o", ms=2.5, lw=1.2)
             if bands:
-                ax.fill_between(x, _arr(s["lo"]), _arr(s["hi"]), color=color, alpha=0.12, lw=0)
+                ax.fill_between(x, lo, hi, color=color, alpha=0.12, lw=0)
             drawn[subset] = s["n"]
             shown = True
         if shown:
@@ -103,7 +123,7 @@ def plot_knockout(knockout: Mapping[str, Mapping[str, Any]], edges: Sequence[str
     ax.axhline(-1, color="0.6", lw=0.6, ls=":")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(_window_label(window))
-    ax.set_ylabel("INSSD (ours)")
+    ax.set_ylabel(ESTIMATORS.get(estimator, estimator))
     if title:
         ax.set_title(title, fontsize=8)
     if handles:
@@ -114,8 +134,9 @@ def plot_knockout(knockout: Mapping[str, Mapping[str, Any]], edges: Sequence[str
 
 def plot_knockout_panels(doc: Mapping[str, Any], subsets: Sequence[str] = ("follow_image", "follow_text"),
                          panels: Mapping[str, Sequence[str]] = PANELS,
-                         axes: Sequence[plt.Axes] | None = None) -> plt.Figure:
-    """One ``plot_knockout`` panel per edge group of ``panels`` (shared y axis), split by ``subsets``."""
+                         axes: Sequence[plt.Axes] | None = None, estimator: str = "ratio_of_means") -> plt.Figure:
+    """One ``plot_knockout`` panel per edge group of ``panels`` (shared y axis), split by ``subsets``;
+    ``estimator``: the ratio of means by default, the estimator the amended verdicts read (A3)."""
     set_theme()
     if axes is None:
         fig, axes_arr = plt.subplots(1, len(panels), figsize=(COLUMN_WIDTH * 1.2 * len(panels), 3.6), sharey=True)
@@ -126,8 +147,27 @@ def plot_knockout_panels(doc: Mapping[str, Any], subsets: Sequence[str] = ("foll
     for ax, (name, edges) in zip(axes, panels.items()):
         counts = ", ".join(f"{_SUBSET_LABEL.get(s, s)} n={knock[edges[0]][s]['n']}" for s in subsets)
         plot_knockout(knock, [e for e in edges if e in knock], subsets, ax=ax, title=f"{name}\n{counts}",
-                      window=doc.get("window"))
-    fig.suptitle(f"{doc.get('model', '')}: attention knockout per window", fontsize=9)
+                      window=doc.get("window"), estimator=estimator)
+    fig.suptitle(f"{doc.get('model', '')}: attention knockout per window; y: {ESTIMATORS[estimator]}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_estimators(doc: Mapping[str, Any], edges: Sequence[str] = MAIN_EDGES,
+                    subsets: Sequence[str] = ("all", "failed"), axes: Sequence[plt.Axes] | None = None) -> plt.Figure:
+    """The three INSSD estimators side by side, one panel each (own y axis: a few tiny margins can make the
+    mean of ratios an order of magnitude larger), the same edges and subsets in each (amendment A3)."""
+    set_theme()
+    if axes is None:
+        fig, axes_arr = plt.subplots(1, len(ESTIMATORS), figsize=(COLUMN_WIDTH * 1.2 * len(ESTIMATORS), 3.8))
+        axes = list(np.atleast_1d(axes_arr))
+    else:
+        fig = axes[0].figure
+    knock = doc["knockout"]
+    for ax, (est, label) in zip(axes, ESTIMATORS.items()):
+        plot_knockout(knock, [e for e in edges if e in knock], subsets, ax=ax, title=label.replace("INSSD, ", ""),
+                      window=doc.get("window"), estimator=est)
+    fig.suptitle(f"{doc.get('model', '')}: three INSSD estimators (verdicts read the ratio of means)", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -153,9 +193,11 @@ def plot_flip_rate(knockout: Mapping[str, Mapping[str, Any]], edges: Sequence[st
     return fig
 
 
-def plot_controls(doc: Mapping[str, Any], axes: Sequence[plt.Axes] | None = None) -> plt.Figure:
+def plot_controls(doc: Mapping[str, Any], axes: Sequence[plt.Axes] | None = None,
+                  estimator: str = "ratio_of_means") -> plt.Figure:
     """C11: the modality cues cut from the instruction vs from the format constraint / system prompt, on
-    the split with a system sentence and on the split with the instruction after the constraint."""
+    the split with a system sentence and on the split with the instruction after the constraint
+    (``estimator``: the ratio of means by default, the verdict estimator of A3)."""
     set_theme()
     controls = doc["controls"]
     if axes is None:
@@ -168,7 +210,7 @@ def plot_controls(doc: Mapping[str, Any], axes: Sequence[plt.Axes] | None = None
     for ax, (split, edges) in zip(axes, controls.items()):
         n = doc.get("n", {}).get(split, "?")
         plot_knockout(edges, list(edges), ("all",), ax=ax, title=f"{names.get(split, split)} (n={n})",
-                      window=doc.get("window"))
+                      window=doc.get("window"), estimator=estimator)
     fig.suptitle(f"{doc.get('model', '')}: C11 controls", fontsize=9)
     fig.tight_layout()
     return fig
@@ -196,19 +238,28 @@ def plot_saliency(saliency: Mapping[str, Sequence[float]], ax: plt.Axes | None =
 def plot_ldar(ldar: Mapping[str, Mapping[str, Any]], ax: plt.Axes | None = None,
               reference: float = 0.95) -> plt.Figure:
     """LDAR (ours) against depth (hidden state 0 = embeddings) at the anchor's last token, averaged over
-    the anchor, and at the answer position, with Wilson 95% bands and the paper's 95% reference."""
+    the anchor, at the answer position and at one random non-instruction token per sample (the baseline of
+    amendment A5, grey), with Wilson 95% bands and the paper's 95% reference; the answer position's
+    final-layer point is marked trivially 1 (the lens of the last hidden state is the output)."""
     fig, ax = _ax(ax)
     labels = {"anchor_last": "instruction anchor, last token", "anchor_mean": "instruction anchor, mean",
-              "last": "answer position"}
+              "last": "answer position", "random": "random non-instruction token (baseline)"}
+    colors = dict(zip(labels, [*_palette(3), "0.45"]))
     n = 0
-    for color, (read, label) in zip(_palette(3), labels.items()):
+    for read, label in labels.items():
         r = ldar.get(read)
         if not r or not r["n"]:
             continue
         n = r["n"]
         x = np.arange(len(r["rate"]))
-        ax.plot(x, _arr(r["rate"]), color=color, marker="o", ms=2.5, lw=1.2, label=label)
-        ax.fill_between(x, _arr(r["lo"]), _arr(r["hi"]), color=color, alpha=0.15, lw=0)
+        ax.plot(x, _arr(r["rate"]), color=colors[read], marker="o", ms=2.5, lw=1.2, label=label,
+                ls="--" if read == "random" else "-")
+        ax.fill_between(x, _arr(r["lo"]), _arr(r["hi"]), color=colors[read], alpha=0.15, lw=0)
+    last = ldar.get("last")
+    if last and last["n"]:
+        x_end = len(last["rate"]) - 1
+        ax.annotate("trivially 1", (x_end, last["rate"][-1]), xytext=(-4, -14), textcoords="offset points",
+                    ha="right", fontsize=5.5, color=colors["last"])
     ax.axhline(reference, color="0.3", lw=0.7, ls="--", label=f"{reference:.0%} (paper's threshold)")
     ax.axhline(0.5, color="0.6", lw=0.6, ls=":")
     ax.set_ylim(-0.02, 1.02)
@@ -269,16 +320,43 @@ def plot_subspace(subspace: Mapping[str, Mapping[str, Sequence[float]]], ax: plt
     return fig
 
 
-def plot_stability(stability: Mapping[str, Any], ax: plt.Axes | None = None, n: int | None = None) -> plt.Figure:
-    """C12: correlation of the INSSD curve on a fraction of the samples with the full curve, per edge."""
-    fig, ax = _ax(ax)
-    fr = np.array(stability["fractions"])
-    for color, (edge, r) in zip(_palette(len(stability["corr"])), stability["corr"].items()):
-        ax.plot(fr, _arr(r), color=color, marker="o", ms=2.5, lw=1.2, label=edge)
+def _stability_panel(ax: plt.Axes, fractions: np.ndarray, corr: Mapping[str, Sequence[Any]],
+                     bands: tuple[Mapping[str, Sequence[Any]], Mapping[str, Sequence[Any]]] | None, title: str) -> None:
+    for color, (edge, r) in zip(_palette(len(corr)), corr.items()):
+        ax.plot(fractions, _arr(r), color=color, marker="o", ms=2.5, lw=1.2, label=edge)
+        if bands is not None:
+            ax.fill_between(fractions, _arr(bands[0][edge]), _arr(bands[1][edge]), color=color, alpha=0.12, lw=0)
+    values = np.concatenate([_arr(r) for r in corr.values()] + [_arr(v) for v in (bands[0].values() if bands else [])]
+                            + [np.zeros(1)])
+    ax.set_ylim(min(-0.05, float(values[np.isfinite(values)].min()) - 0.05), 1.05)
     ax.set_xlabel("fraction of the samples")
     ax.set_ylabel("Pearson r with the full curve")
-    values = np.concatenate([_arr(r) for r in stability["corr"].values()] + [np.zeros(1)])
-    ax.set_ylim(min(-0.05, float(values[np.isfinite(values)].min()) - 0.05), 1.05)
-    ax.set_title("stability of the knockout curves" + (f" (n={n})" if n is not None else ""), fontsize=8)
+    ax.set_title(title, fontsize=8)
     ax.legend(fontsize=5.5, loc="lower right")
+
+
+def plot_stability(stability: Mapping[str, Any], ax: plt.Axes | None = None, n: int | None = None) -> plt.Figure:
+    """C12: correlation of the INSSD curve on a fraction of the samples with the full curve, per edge: the
+    ratio of means (the verdict estimator, A3; bands: 2.5-97.5 percentiles over draws) and, in a second
+    panel, the mean of ratios (the original measure). With ``ax`` (or an old document without the ratio of
+    means) one panel only: the ratio of means where present."""
+    fr = np.array(stability["fractions"])
+    rom = stability.get("ratio_of_means")
+    count = f", n={n}" if n is not None else ""
+    if ax is not None or rom is None:
+        fig, ax = _ax(ax)
+        if rom is not None:
+            _stability_panel(ax, fr, rom["corr"], (rom["lo"], rom["hi"]),
+                             f"stability, ratio of means ({rom['n_draws']} draws{count})")
+        else:
+            _stability_panel(ax, fr, stability["corr"], None, f"stability of the knockout curves{count}")
+        return fig
+    set_theme()
+    fig, axes = plt.subplots(1, 2, figsize=(COLUMN_WIDTH * 2.4, 2.8))
+    _stability_panel(axes[0], fr, rom["corr"], (rom["lo"], rom["hi"]),
+                     f"ratio of means, verdict ({rom['n_draws']} draws{count})")
+    _stability_panel(axes[1], fr, stability["corr"], None,
+                     f"mean of ratios, original ({stability.get('n_draws', 10)} draws{count})")
+    fig.suptitle("stability of the knockout curves (bands: 2.5-97.5 percentiles over draws)", fontsize=9)
+    fig.tight_layout()
     return fig

@@ -120,9 +120,13 @@ def _apply(fn: Any, results: dict[str, dict[str, Any] | None], th: dict[str, flo
         return MISSING, f"results incomplete for this claim ({exc.source} has no {exc.key!r}); rerun the chain"
 
 
-def _amendment_rule(claims: dict[str, Any], aid: str, cid: str) -> str:
-    rules = claims["amendments"]["list"][aid]["rule"]
-    return f"[{aid}, {claims['amendments']['list'][aid]['date']}] " + str(rules.get(cid, rules.get("all", "")))
+def _amendment_rule(claims: dict[str, Any], aids: str, cid: str) -> str:
+    """The amended rule text of ``cid`` from each amendment of ``aids`` ("A4", or "A3+A4" for several)."""
+    parts = []
+    for aid in aids.split("+"):
+        a = claims["amendments"]["list"][aid]
+        parts.append(f"[{aid}, {a['date']}] " + str(a["rule"].get(cid, a["rule"].get("all", ""))))
+    return " ".join(parts)
 
 
 def _judge(model: str, cid: str, claims: dict[str, Any], results: dict[str, dict[str, Any] | None]) -> Verdict:

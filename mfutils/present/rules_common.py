@@ -8,7 +8,7 @@ Rule(needs, original, amended=None, amendment=None)   one claim's rule(s): resul
 RuleFn                                    (results by notebook key, thresholds) -> (verdict, measured text)
 MissingMeasurement                        KeyError: a results file lacks the key that holds a measurement
 num(x) -> float, fmt(x, nd=2) -> str      JSON numbers (null -> NaN) and their text
-strongest(curve, n_layers, deep, estimator="mean_of_ratios") -> dict | None    the strongest window of a curve
+strongest(curve, n_layers, deep) -> dict | None    the strongest (lowest mean) window of a curve
 significant(e, th) -> bool, describe(e) -> str
 
 Example::

@@ -2,9 +2,18 @@
 
 Modules
 -------
-chain            The notebook chain: run ``notebooks/NN_*.ipynb`` in order with papermill; resumable, checked, traceable.
-cli              The command line: ``python -m mfutils <command>`` (also installed as ``mf``). The Makefile is a thin front.
-state            The chain's records: notebook fingerprints, the resume state, output hashes and provenance stamps.
+chain
+    The notebook chain: run ``notebooks/NN_*.ipynb`` in order with papermill; resumable, checked, traceable.
+    API: PLANNED, built_notebooks, describe_chain, run_chain, kernel_name, store_checked_outputs,
+         notebook_parameters, check_parameters, parse_parameter, ChainParameterError
+cli
+    The command line: ``python -m mfutils <command>`` (also installed as ``mf``). The Makefile is a thin front.
+    API: main, build_parser
+state
+    The chain's records: notebook fingerprints, the resume state, output hashes and provenance stamps.
+    API: STATE_FILE, PROVENANCE_FILE, BOOKKEEPING, INTERACTIVE_MODULES, fingerprint, code_fingerprint,
+         interactive_uses, model_identity, dataset_identity, strip_provenance, snapshot, new_state, read_state,
+         outputs_intact, stamp_outputs, relative_metadata, write_provenance_index
 
-Each module's docstring lists its public API with shapes and a short example.
+Each module's docstring lists its public API with tensor shapes and a short example.
 """

@@ -7,6 +7,7 @@ minus the other modality's); the parts sum exactly to the final logit difference
 Public API
 ----------
 DLAResult       attn, mlp, before, after [N, L]; embed, total, logit_diff [N]; categories str [N]; summary()
+                (per layer, and summed over the deep layers, with bootstrap intervals)
 dla(mm, samples | Prepared, batch_size=64, progress=True) -> DLAResult      conflict samples only
 
 Example::
@@ -65,8 +66,17 @@ class DLAResult:
     def summary(self, n_boot: int = 1000, seed: int = 0,
                 splits: Sequence[str] = ("follow_image", "follow_text")) -> dict[str, Any]:
         """``{"dla": {"attn"|"mlp": {split: {"mean","lo","hi": [L], "n"}}, "embed"|"total": {split:
-        summarize}}, "subspace": {split: {"before","after": [L]}}}``."""
-        dla_doc: dict[str, Any] = {"attn": {}, "mlp": {}, "embed": {}, "total": {}}
+        summarize}, "deep_sum": {"layers": [first, last], "attn"|"mlp": {split: summarize}}}, "subspace":
+        {split: {"before","after": [L]}}}``.
+
+        ``deep_sum`` (claim C4): per sample the attribution summed over the deep layers (l >= L / 2), its mean
+        over samples with a bootstrap 95% interval and n (``stats.summarize``); the mean equals the sum of
+        the per-layer means.
+        """
+        L = self.attn.shape[1]
+        deep = [l for l in range(L) if l >= L / 2]
+        dla_doc: dict[str, Any] = {"attn": {}, "mlp": {}, "embed": {}, "total": {},
+                                   "deep_sum": {"layers": [deep[0], deep[-1]] if deep else [], "attn": {}, "mlp": {}}}
         sub: dict[str, Any] = {}
         for split in splits:
             m = self.categories == split
@@ -75,6 +85,7 @@ class DLAResult:
                 stats = [summarize(x[:, l], n_boot=n_boot, seed=seed) for l in range(x.shape[1])] if m.any() else []
                 dla_doc[part][split] = {"mean": [s["mean"] for s in stats], "lo": [s["lo"] for s in stats],
                                         "hi": [s["hi"] for s in stats], "n": int(m.sum())}
+                dla_doc["deep_sum"][part][split] = summarize(x[:, deep].sum(1), n_boot=n_boot, seed=seed)
             for part in ("embed", "total"):
                 dla_doc[part][split] = summarize(getattr(self, part)[m], n_boot=n_boot, seed=seed)
             sub[split] = {"before": self.before[m].mean(0).tolist() if m.any() else [],

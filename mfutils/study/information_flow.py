@@ -9,7 +9,9 @@ Public API
 ----------
 SUBSETS                         the sample subsets of the knockout summaries
 RESULTS_NAME                    "02_information_flow" (results/<model>/02_information_flow.json)
-subset_masks(sweep) -> {subset: bool [N]}       the SUBSETS of a main sweep
+subset_masks(sweep, arbitration=None) -> {subset: bool [N]}       the SUBSETS of a main sweep
+arbitration_failures(mm, samples, followed, batch_size=64) -> bool [N]
+                                failed samples whose image-only and text-only counterparts the model answers right
 find_failures(mm, samples, batch_size=64, cap=None, progress=False) -> list[Sample]
                                 the first ``cap`` conflict samples the model does not follow, in order
 FlowDocument                    the results document (a read-only mapping; ``to_doc()`` -> dict)
@@ -32,6 +34,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from mfutils.data.counterparts import counterparts
 from mfutils.data.sample import Sample
 from mfutils.measure.follow import follows
 from mfutils.model.edges import CONTROL_EDGES, MAIN_EDGES
@@ -43,24 +46,55 @@ from mfutils.study.results import write_arrays
 from mfutils.study.saliency import saliency
 from mfutils.study.stability import FRACTIONS, stability
 
-__all__ = ["SUBSETS", "RESULTS_NAME", "subset_masks", "find_failures", "FlowDocument", "run_information_flow"]
+__all__ = ["SUBSETS", "RESULTS_NAME", "subset_masks", "arbitration_failures", "find_failures", "FlowDocument",
+           "run_information_flow"]
 
-SUBSETS: tuple[str, ...] = ("all", "follow_image", "follow_text", "succeeded", "failed")
+SUBSETS: tuple[str, ...] = ("all", "follow_image", "follow_text", "succeeded", "failed", "failed_arbitration",
+                            "failed_perception")
 RESULTS_NAME = "02_information_flow"
 
 
-def subset_masks(sweep: SweepResult) -> dict[str, np.ndarray]:
+def subset_masks(sweep: SweepResult, arbitration: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The ``SUBSETS`` of a main sweep: test samples (``all``, by instruction, ``succeeded``) and every
-    sample that does not follow its instruction (``failed``: test failures plus the failure pool).
+    sample that does not follow its instruction (``failed``: test failures plus the failure pool). With
+    ``arbitration`` (bool [N], ``arbitration_failures``) also the failed samples by kind (ours, design
+    section 5): ``failed_arbitration`` (both single-modality answers right) and ``failed_perception`` (the
+    other failures); without it those two are left out.
 
     Example::
 
         masks = subset_masks(sweep); sweep.summary("image->last", masks["failed"])
     """
     test = sweep.tags == "test"
-    return {"all": test, "follow_image": test & (sweep.categories == "follow_image"),
-            "follow_text": test & (sweep.categories == "follow_text"), "succeeded": test & sweep.follows,
-            "failed": ~sweep.follows}
+    out = {"all": test, "follow_image": test & (sweep.categories == "follow_image"),
+           "follow_text": test & (sweep.categories == "follow_text"), "succeeded": test & sweep.follows,
+           "failed": ~sweep.follows}
+    if arbitration is not None:
+        arb = np.asarray(arbitration, dtype=bool)
+        if arb.shape != (len(sweep),):
+            raise ValueError(f"arbitration must be bool [{len(sweep)}], got shape {arb.shape}")
+        out.update(failed_arbitration=~sweep.follows & arb, failed_perception=~sweep.follows & ~arb)
+    return out
+
+
+def arbitration_failures(mm: MLLM, samples: Sequence[Sample], followed: np.ndarray, batch_size: int = 64
+                         ) -> np.ndarray:
+    """bool [N]: the samples not followed (``followed`` False) whose image-only and text-only counterparts
+    (``mfutils.data.counterparts``) the model answers right (``measure.follow.follows``): arbitration
+    failures; every other failure is a perception failure (the model misreads a modality on its own).
+
+    Example::
+
+        arb = arbitration_failures(mm, samples, sweep.follows)      # sweep over the same samples
+    """
+    out = np.zeros(len(samples), dtype=bool)
+    failed = np.flatnonzero(~np.asarray(followed, dtype=bool))
+    if failed.size:
+        pairs = [counterparts(samples[i]) for i in failed]
+        knows_image = follows(mm, [p[0] for p in pairs], batch_size=batch_size).numpy()
+        knows_text = follows(mm, [p[1] for p in pairs], batch_size=batch_size).numpy()
+        out[failed] = knows_image & knows_text
+    return out
 
 
 def find_failures(mm: MLLM, samples: Sequence[Sample], batch_size: int = 64, cap: int | None = None,
@@ -93,9 +127,10 @@ def find_failures(mm: MLLM, samples: Sequence[Sample], batch_size: int = 64, cap
 class FlowDocument(Mapping[str, Any]):
     """The results document of notebook 02, typed; also a read-only mapping of its fields (``doc["knockout"]``).
 
-    ``n``: samples per sweep {"test", "failed", "system", "instruction_last"}; ``knockout``: {edge: {subset:
+    ``n``: samples per sweep {"test", "failed", "system", "instruction_last"} and the failed samples by source
+    ("failed_test", "failed_fail_pool") and by kind ("failed_arbitration", "failed_perception"); ``knockout``: {edge: {subset:
     ``SweepResult.summary``}} over ``MAIN_EDGES`` x ``SUBSETS``; ``controls``: {variant: {edge: {"all":
-    summary}}} over ``CONTROL_EDGES``; ``ldar``: {read: {"rate", "lo", "hi": [L+1], "n"}}; ``dla``,
+    summary}}} over ``CONTROL_EDGES``; ``ldar``: {read: {"rate", "lo", "hi": [L+1], "n"}} (``lens.READS``); ``dla``,
     ``subspace``: ``DLAResult.summary``; ``saliency``: {pair: [L]}; ``stability``: see
     ``mfutils.study.stability``. ``to_doc()``: the JSON document (``mfutils.study.results.write_results``).
     """
@@ -158,7 +193,7 @@ def run_information_flow(mm: MLLM, model_name: str, test_samples: Sequence[Sampl
     main = knockout_sweep(mm, main_samples, MAIN_EDGES, k, batch_size=batch_size, progress=progress, tags=tags,
                           method=method, batch_conditions=batch_conditions)
     write_arrays(main.to_arrays(), model_name, "02_knockout_per_sample")
-    masks = subset_masks(main)
+    masks = subset_masks(main, arbitration_failures(mm, main_samples, main.follows, batch_size=batch_size))
     knock = {e: {s: main.summary(e, masks[s], n_boot=n_boot, seed=seed) for s in SUBSETS} for e in MAIN_EDGES}
     controls: dict[str, Any] = {}
     for split, samples in (("system", system_samples), ("instruction_last", instruction_last_samples)):
@@ -168,13 +203,17 @@ def run_information_flow(mm: MLLM, model_name: str, test_samples: Sequence[Sampl
         write_arrays(sweep.to_arrays(), model_name, f"02_knockout_per_sample_{split}")
         controls[split] = {e: {"all": sweep.summary(e, n_boot=n_boot, seed=seed)} for e in CONTROL_EDGES[split]}
     test = list(test_samples)
-    lda = ldar(mm, test, batch_size=batch_size, progress=progress)
+    lda = ldar(mm, test, batch_size=batch_size, progress=progress, seed=seed)
     dres = dla(mm, test, batch_size=batch_size, progress=progress).summary(n_boot=n_boot, seed=seed)
     sal = saliency(mm, test, batch_size=saliency_batch_size or max(1, batch_size // 4), progress=progress)
     return FlowDocument(
         model=model_name, n_layers=mm.n_layers, window=k,
         n={"test": len(test_samples), "failed": int(masks["failed"].sum()), "system": len(system_samples),
-           "instruction_last": len(instruction_last_samples)},
+           "instruction_last": len(instruction_last_samples),
+           "failed_test": int((masks["failed"] & (main.tags == "test")).sum()),
+           "failed_fail_pool": int((masks["failed"] & (main.tags == "fail_pool")).sum()),
+           "failed_arbitration": int(masks["failed_arbitration"].sum()),
+           "failed_perception": int(masks["failed_perception"].sum())},
         knockout=knock,
         controls=controls,
         ldar={r: lda[r] for r in READS},

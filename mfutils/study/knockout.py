@@ -7,7 +7,8 @@ Public API
 ----------
 windows(n_layers, k) -> list[(start, stop)]     k consecutive layers sliding over depth (W = L - k + 1)
 SweepResult                     per-sample margins: base [N], knocked [E, W, N], follows [N]; inssd, flips,
-                                valid, curve, summary; to_arrays, save/load (.npz)
+                                valid, curve, summary (three INSSD estimators with intervals, margin strata);
+                                to_arrays, save/load (.npz)
 SWEEP_METHODS                   ("prefix", "naive")
 knockout_sweep(mm, samples | Prepared, edges=MAIN_EDGES, k=1, batch_size=64, progress=True, tags=None,
                method="prefix", batch_conditions=False) -> SweepResult
@@ -15,7 +16,8 @@ knockout_sweep(mm, samples | Prepared, edges=MAIN_EDGES, k=1, batch_size=64, pro
 Example::
 
     sweep = knockout_sweep(mm, make_split("test", 16), ["image->last", "instruction->last"], k=1)
-    sweep.summary("image->last")["inssd"]          # [W] mean INSSD per window
+    sweep.summary("image->last")["inssd"]          # [W] mean INSSD (mean of ratios) per window
+    sweep.summary("image->last")["ratio_of_means"]["value"]     # [W] the verdict estimator (A3)
     sweep.inssd().shape                            # [E, W, N]
 """
 
@@ -33,7 +35,7 @@ import torch
 from mfutils.core.paths import atomic_output
 from mfutils.data.sample import Sample
 from mfutils.measure.answers import Targets, answer_logits
-from mfutils.measure.margins import EPS, inssd, instructed_wins, margins
+from mfutils.measure.margins import EPS, SMALL_MARGIN, inssd, inssd_estimators, instructed_wins, margins
 from mfutils.measure.prepared import Prepared, samples_of
 from mfutils.measure.stats import summarize
 from mfutils.model.edges import MAIN_EDGES, parse_edge
@@ -122,9 +124,15 @@ class SweepResult:
         return x.mean(1) if keep.any() else np.full(len(self.windows), np.nan)
 
     def summary(self, edge: str, mask: np.ndarray | None = None, n_boot: int = 1000, seed: int = 0,
-                eps: float = EPS) -> dict[str, Any]:
-        """``{"start", "inssd", "lo", "hi", "flip", "n"}``: per window the mean INSSD with a bootstrap 95%
-        interval and the flip rate, over the applicable samples of ``mask``; empty lists when n = 0."""
+                eps: float = EPS, small_margin: float = SMALL_MARGIN) -> dict[str, Any]:
+        """Per window over the applicable samples of ``mask``: ``{"start", "inssd", "lo", "hi", "flip", "n",
+        "median", "ratio_of_means", "strata"}``; only the first six (empty lists) when n = 0.
+
+        ``inssd``/``lo``/``hi``: the mean of ratios (our original INSSD) with a bootstrap 95% interval;
+        ``flip``: the flip rate; ``median``, ``ratio_of_means`` (the verdict estimator of amendment A3):
+        ``{"value", "lo", "hi": [W]}``; ``strata``: |m| < ``small_margin`` vs >= (n, mean of ratios, ratio of
+        means); all from ``mfutils.measure.margins.inssd_estimators`` on the same bootstrap draws.
+        """
         keep = self.valid(edge, mask)
         n = int(keep.sum())
         if n == 0:
@@ -132,8 +140,11 @@ class SweepResult:
         e = self.edges.index(edge)
         x, fl = self.inssd(eps)[e][:, keep], self.flips()[e][:, keep]
         stats = [summarize(row, n_boot=n_boot, seed=seed) for row in x]
+        est = inssd_estimators(self.base[keep], self.knocked[e][:, keep], eps=eps, n_boot=n_boot, seed=seed,
+                               small_margin=small_margin)
         return {"start": self.starts, "inssd": [s["mean"] for s in stats], "lo": [s["lo"] for s in stats],
-                "hi": [s["hi"] for s in stats], "flip": [float(r.mean()) for r in fl], "n": n}
+                "hi": [s["hi"] for s in stats], "flip": [float(r.mean()) for r in fl], "n": n,
+                "median": est["median"], "ratio_of_means": est["ratio_of_means"], "strata": est["strata"]}
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Every array (and the edge/window names) by name, as ``save`` and ``study.results.write_arrays`` store them."""

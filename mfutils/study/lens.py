@@ -7,13 +7,17 @@ Public API
 ----------
 direction_rows(mm, pos, neg) -> (Tensor[B, D], Tensor[B])   W_U[pos] - W_U[neg] and the bias difference
 lens_diff(mm, hidden, d, b) -> Tensor[..., B, T]            logit-lens difference along those rows
-ldar(mm, samples | Prepared, batch_size=64, progress=True) -> dict     {"anchor_last" | "anchor_mean" | "last":
-                                                             {"rate", "lo", "hi": [L+1], "n"}, "agree": ...}
+ldar(mm, samples | Prepared, batch_size=64, progress=True, seed=0) -> dict   {"anchor_last" | "anchor_mean" |
+        "last" | "random": {"rate", "lo", "hi": [L+1], "n"}, "agree": ...}; "random" (a baseline, ours, A5)
+        also has "groups" (RANDOM_GROUPS) and "picked" {group: count}
+READS                       ("anchor_last", "anchor_mean", "last", "random")
+RANDOM_GROUPS               the groups the random-token baseline draws from
 
 Example::
 
     r = ldar(mm, make_split("test", 16))
     r["anchor_last"]["rate"]          # [L + 1] agreement per hidden state (0 = embeddings)
+    r["random"]["rate"]               # the same lens at one random non-instruction token per sample
 """
 
 from __future__ import annotations
@@ -28,14 +32,17 @@ from mfutils.data.sample import Sample
 from mfutils.measure.answers import candidate_ids
 from mfutils.measure.prepared import Prepared, samples_of
 from mfutils.measure.stats import proportion
-from mfutils.model.groups import Encoded
+from mfutils.model.groups import Encoded, TokenGroups
 from mfutils.model.hooks import residual_stream
 from mfutils.model.loading import MLLM
 from mfutils.study.flow_batches import flow_batches, gather, subset_or_data
 
-__all__ = ["direction_rows", "lens_diff", "ldar", "READS"]
+__all__ = ["direction_rows", "lens_diff", "ldar", "READS", "RANDOM_GROUPS"]
 
-READS: tuple[str, ...] = ("anchor_last", "anchor_mean", "last")
+READS: tuple[str, ...] = ("anchor_last", "anchor_mean", "last", "random")
+# The random-token baseline (A5) draws among the prompt's content tokens outside the instruction; never the
+# instruction, the answer position ("last", its own baseline), the chat template and BOS ("other"), padding.
+RANDOM_GROUPS: tuple[str, ...] = ("system", "image", "context", "question", "constraint")
 
 
 def direction_rows(mm: MLLM, pos: Sequence[int | Sequence[int]], neg: Sequence[int | Sequence[int]]
@@ -77,17 +84,22 @@ def lens_diff(mm: MLLM, hidden: torch.Tensor, d: torch.Tensor, b: torch.Tensor) 
 
 
 @torch.no_grad()
-def ldar(mm: MLLM, samples: Sequence[Sample] | Prepared, batch_size: int = 64, progress: bool = True) -> dict[str, Any]:
+def ldar(mm: MLLM, samples: Sequence[Sample] | Prepared, batch_size: int = 64, progress: bool = True,
+         seed: int = 0) -> dict[str, Any]:
     """Latent Decision Agreement Rate per hidden state (layer 0 = embeddings ... L = last layer output).
 
     Our reconstruction: at hidden state l the logit lens (``hooks.logit_lens``: final norm + unembedding)
     gives a latent decision sign(lens[image_answer] - lens[text_answer]), read at the instruction anchor's
     last token (``anchor_last``), averaged over the anchor's tokens before the sign (``anchor_mean``), and
     at the answer position (``last``). LDAR(l) = share of samples whose latent decision equals the model's
-    final decision, sign(logit[image_answer] - logit[text_answer]) at the answer position. Conflict samples
+    final decision, sign(logit[image_answer] - logit[text_answer]) at the answer position. Baseline (ours,
+    amendment A5): the same lens at one random token per sample (``random``), drawn uniformly among the
+    positions of ``RANDOM_GROUPS`` (content outside the instruction; not the answer position, the template,
+    BOS or padding) by ``numpy.random.default_rng([seed, i])``, i the sample's input position (so the draw
+    does not depend on the batching); ``random["picked"]`` counts the groups drawn. Conflict samples
     with an instruction only (input order); a list runs in consecutive batches of ``batch_size``, a
     ``Prepared`` of such samples in its own (``mfutils.study.flow_batches``). Returns
-    ``{"anchor_last" | "anchor_mean" | "last": {"rate", "lo", "hi": [L+1], "n": int}}`` with Wilson 95%
+    ``{"anchor_last" | "anchor_mean" | "last" | "random": {"rate", "lo", "hi": [L+1], "n": int}}`` with Wilson 95%
     intervals (``stats.proportion``); ``"agree"`` holds the per-sample agreement arrays (bool [L+1, N]).
 
     Example::
@@ -98,7 +110,21 @@ def ldar(mm: MLLM, samples: Sequence[Sample] | Prepared, batch_size: int = 64, p
     keep = [s for s in samples_of(samples) if s.other_answer is not None and s.image_answer is not None
             and s.text_answer is not None and s.image_answer != s.text_answer]
 
-    def run(index: list[int], enc: Encoded, _: object) -> dict[str, np.ndarray]:
+    def draw(index: list[int], g: TokenGroups) -> tuple[torch.Tensor, list[str]]:
+        """One random allowed position per sample of the batch, [B], and the group each lies in."""
+        allowed = g.union(*RANDOM_GROUPS) & ~g["instruction"] & ~g["last"] & ~g.pad & ~g.answer
+        picks, names = [], []
+        for b, i in enumerate(index):
+            where = allowed[b].nonzero()[:, 0].cpu().numpy()
+            if not where.size:
+                raise ValueError(f"sample {keep[i].index} has no token in {RANDOM_GROUPS} outside the instruction "
+                                 "for the random-token LDAR baseline")
+            pos = int(where[np.random.default_rng([seed, i]).integers(where.size)])
+            picks.append(pos)
+            names.append(next(n for n in RANDOM_GROUPS if bool(g[n][b, pos])))
+        return torch.tensor(picks), names
+
+    def run(index: list[int], enc: Encoded, _: object) -> dict[str, Any]:
         chunk = [keep[i] for i in index]
         g = enc.groups
         anchor = g["instruction"]
@@ -115,13 +141,15 @@ def ldar(mm: MLLM, samples: Sequence[Sample] | Prepared, batch_size: int = 64, p
         last = g.last_index().to(diff.device)
         anchor_last = anchor.long().cumsum(-1).argmax(-1).to(diff.device)   # last True position
         final = torch.sign(diff[-1, rows, last])                            # the model's decision
+        rand, picked = draw(index, g)
         af = anchor.to(diff.device).float()
         latent = {
             "anchor_last": diff[:, rows, anchor_last],
             "anchor_mean": (diff * af).sum(-1) / af.sum(-1),
             "last": diff[:, rows, last],
+            "random": diff[:, rows, rand.to(diff.device)],
         }
-        return {r: (torch.sign(latent[r]) == final[None]).cpu().numpy() for r in READS}
+        return {**{r: (torch.sign(latent[r]) == final[None]).cpu().numpy() for r in READS}, "picked": picked}
 
     done = flow_batches(mm, subset_or_data(samples, keep), batch_size, run, "LDAR", progress=progress,
                         targets=False)
@@ -132,5 +160,7 @@ def ldar(mm: MLLM, samples: Sequence[Sample] | Prepared, batch_size: int = 64, p
         props = [proportion(agree[r][l]) for l in range(agree[r].shape[0])]
         out[r] = {"rate": [p["rate"] for p in props], "lo": [p["lo"] for p in props],
                   "hi": [p["hi"] for p in props], "n": int(agree[r].shape[1])}
+    picked = [name for _, p in done for name in p["picked"]]
+    out["random"].update(groups=list(RANDOM_GROUPS), picked={n: picked.count(n) for n in RANDOM_GROUPS})
     out["agree"] = agree
     return out

@@ -25,6 +25,8 @@ head_scores_exhaustive(mm, data, batch_size=64, progress=True, per_sample=False,
                                                           -> FloatTensor [L, H] (or [N, L, H]); the reference
 head_score_reference(mm, samples, head) -> float          slow unbatched reference (one sample per forward)
 head_scores_attribution(mm, data, batch_size=64, progress=True) -> FloatTensor [L, H]
+Attribution(scores, per_sample), head_attribution(mm, data, batch_size=64, progress=True) -> Attribution
+                                                          the same [L, H] scores and the per-sample terms [N, L, H]
 FastScores, head_scores_fast(mm, data, share=0.05, factor=3) -> FastScores   attribution, then exact
                                                           ablation of the top 3k candidates
 
@@ -58,7 +60,7 @@ from mfutils.model.loading import MLLM
 from mfutils.study.selection import n_top, ranked, top_heads
 
 __all__ = ["SCORE_METHODS", "all_heads", "Drops", "exact_drops", "head_scores_exhaustive", "head_score_reference",
-           "head_scores_attribution", "FastScores", "head_scores_fast"]
+           "head_scores_attribution", "Attribution", "head_attribution", "FastScores", "head_scores_fast"]
 
 SCORE_METHODS: tuple[str, ...] = ("prefix", "full")
 
@@ -228,23 +230,30 @@ def _o_proj_inputs(mm: MLLM) -> Iterator[dict[int, torch.Tensor]]:
         yield store
 
 
-def head_scores_attribution(mm: MLLM, samples: Sequence[Sample] | Prepared, batch_size: int = 64,
-                            progress: bool = True) -> torch.Tensor:
-    """Head scores by attribution patching (gradient x activation): FloatTensor [L, H].
+class Attribution(NamedTuple):
+    """``scores``: FloatTensor [L, H], the mean attribution score (exactly ``head_scores_attribution``'s);
+    ``per_sample``: float64 [N, L, H], each sample's term a_h . dm/da_h (its mean over samples is ``scores``
+    up to float rounding), for bootstrap intervals over samples at no extra model cost."""
 
-    score[l, h] = mean over samples of a_h . dm/da_h at the answer position, where a_h is head h's slice
-    of layer l's ``o_proj`` input and m the instructed margin: the first-order estimate of the drop
-    m - m' that ``head_scores_exhaustive`` measures (blocking changes the margin by about -(a_h . dm/da_h)).
-    One forward and one backward per batch for all heads; weights get no ``.grad``.
+    scores: torch.Tensor
+    per_sample: torch.Tensor
+
+
+def head_attribution(mm: MLLM, samples: Sequence[Sample] | Prepared, batch_size: int = 64,
+                     progress: bool = True) -> Attribution:
+    """Head scores by attribution patching, with the per-sample terms kept: ``Attribution``.
+
+    The same pass as ``head_scores_attribution`` (which returns ``.scores``); ``per_sample`` [N, L, H] adds
+    no model work.
 
     Example::
 
-        attr = head_scores_attribution(mm, ident)          # [L, H]
-        rank_agreement(scores, attr)["spearman"]
+        attr = head_attribution(mm, ident); attr.per_sample.shape        # (N, L, H)
     """
     L, H, hd = mm.n_layers, mm.n_heads, mm.head_dim
     n = len(samples_of(samples))
     total = torch.zeros(L, H, dtype=torch.float64)
+    per_sample = torch.full((n, L, H), math.nan, dtype=torch.float64)
     bar = tqdm(total=n_batches(samples, batch_size), desc="attribution head scores", disable=not progress)
 
     def fn(batch: Batch) -> None:
@@ -256,17 +265,38 @@ def head_scores_attribution(mm: MLLM, samples: Sequence[Sample] | Prepared, batc
         last = batch.enc.groups.last_index().to(m.device)
         for l, (a, g) in enumerate(zip(inputs, grads)):
             if g is None:
+                per_sample[batch.index, l] = 0.0
                 continue
             a_l = a.detach()[rows, last].float().unflatten(-1, (H, hd))
             g_l = g[rows, last].float().unflatten(-1, (H, hd))
-            total[l] += (a_l * g_l).sum(-1).sum(0).double().cpu()
+            terms = (a_l * g_l).sum(-1)                                       # [B, H]
+            total[l] += terms.sum(0).double().cpu()
+            per_sample[batch.index, l] = terms.double().cpu()
         bar.update(1)
 
     try:
         per_batch(mm, samples, batch_size, fn, "attribution head scores")
     finally:
         bar.close()
-    return (total / n).float() if n else torch.full((L, H), math.nan)
+    return Attribution((total / n).float() if n else torch.full((L, H), math.nan), per_sample)
+
+
+def head_scores_attribution(mm: MLLM, samples: Sequence[Sample] | Prepared, batch_size: int = 64,
+                            progress: bool = True) -> torch.Tensor:
+    """Head scores by attribution patching (gradient x activation): FloatTensor [L, H].
+
+    score[l, h] = mean over samples of a_h . dm/da_h at the answer position, where a_h is head h's slice
+    of layer l's ``o_proj`` input and m the instructed margin: the first-order estimate of the drop
+    m - m' that ``head_scores_exhaustive`` measures (blocking changes the margin by about -(a_h . dm/da_h)).
+    One forward and one backward per batch for all heads; weights get no ``.grad``. ``head_attribution``
+    also returns the per-sample terms.
+
+    Example::
+
+        attr = head_scores_attribution(mm, ident)          # [L, H]
+        rank_agreement(scores, attr)["spearman"]
+    """
+    return head_attribution(mm, samples, batch_size, progress).scores
 
 
 @dataclass
