@@ -117,6 +117,9 @@ def test_empty_sample_sets_give_nan_not_errors(llava: MLLM) -> None:
     doc = amplification_experiment(llava, [], [], [(0, 0)], alphas=[1, 2], n_random=2, progress=False).to_doc()
     assert doc["n_failed"] == 0 and doc["arbitration"]["n"] == 0 and doc["best"]["alpha"] is None
     assert math.isnan(doc["identified"]["recovery"][1]["rate"])
+    held = doc["held_out"]                                   # A2 on no failed samples: nothing chosen, nothing scored
+    assert held["n_evaluation"] == held["n_selection"] == 0 and held["alpha"] is None
+    assert math.isnan(held["recovery"]["rate"]) and math.isnan(held["random"]["empirical_p"]["p"])
 
 
 # ------------------------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ import pytest
 
 from mfutils.present import report
 from mfutils.present.rules_common import Rule
+
+from control_docs import doc04, doc05, doc06
 from mfutils.core.paths import results_dir
 
 
@@ -75,16 +77,15 @@ def test_flow_rules(out: str) -> None:
 
 
 def test_head_rules(out: str) -> None:
-    prop = lambda r, n=100: {"rate": r, "lo": r - 0.05, "hi": r + 0.05, "k": int(r * n), "n": n}  # noqa: E731
     _write(out, "03_head_identification", {"n_identify": 100, "n_layers": 8, "n_heads": 8, "k": 3,
                                            "top_share_of_score": 0.3, "spearman": 0.8, "top_overlap": 0.67})
-    _write(out, "04_block_heads", {"k": 3, "n_random_sets": 10, "base": {"all": prop(0.9)}, "identified": {"all": prop(0.3)},
-                                   "relative_drop": {"mean": 0.66, "lo": 0.5, "hi": 0.8, "n": 100},
-                                   "random_relative_drop": {"mean": 0.05, "sd": 0.02, "p95": 0.09, "values": [0.05] * 10}})
-    _write(out, "05_amplification", {"alphas": [1, 2], "n_failed": 40, "best": {"alpha": 2, "recovery": prop(0.5, 40)},
-                                     "random": {"recovery_mean": [0.0, 0.05], "recovery_sd": [0, 0]}, "arbitration": {"n": 10}})
-    _write(out, "06_capability_retention", {"categories": ["image_only"], "base": {"image_only": prop(0.9)},
-                                            "max_drop_identified": 0.2, "max_drop_random_mean": 0.01})
+    # C6 0.66 [0.5, 0.8]; C9: the identified drop beyond every one of 200 random sets (A1) and the 10 old ones
+    d04 = doc04(drop=0.66, lo=0.5, old_mean=0.05, old_p95=0.09, count=0, ctrl_drop=0.66, ctrl_mean=0.05)
+    _write(out, "04_block_heads", d04)
+    # C8: held-out recovery 0.5 of 74 failed samples, no random set as strong (A2); in-sample 0.5 too
+    _write(out, "05_amplification", doc05(rate=0.5, count=0, best=0.5, rnd=0.05))
+    # C7: a 0.2 drop on the held-out prompts (A6) and on all prompts is beyond retention_partly
+    _write(out, "06_capability_retention", doc06(max_drop=0.2, old_max=0.2))
     v = _verdicts(out)
     assert (v["C5"], v["C6"], v["C8"], v["C9"]) == ("reproduced",) * 4
     assert v["C7"] == "not reproduced"  # a 0.2 drop is beyond retention_partly
@@ -98,10 +99,16 @@ def test_report_file_has_every_claim(out: str) -> None:
 
 def test_null_numbers_do_not_break_the_rules(out: str) -> None:
     # a random model can follow nothing: the relative drop is then undefined (NaN written as null)
-    _write(out, "04_block_heads", {"k": 3, "n_random_sets": 10, "base": {"all": {"rate": 0.0, "lo": 0.0, "hi": 0.1, "k": 0, "n": 32}},
-                                   "identified": {"all": {"rate": 0.0, "lo": 0.0, "hi": 0.1, "k": 0, "n": 32}},
-                                   "relative_drop": {"mean": None, "lo": None, "hi": None, "n": 32},
-                                   "random_relative_drop": {"mean": None, "sd": None, "p95": None, "values": []}})
+    nothing = {"rate": 0.0, "lo": 0.0, "hi": 0.1, "k": 0, "n": 32}
+    d04 = doc04()
+    d04.update({"base": {"all": nothing}, "identified": {"all": nothing},
+                "relative_drop": {"mean": None, "lo": None, "hi": None, "n": 32},
+                "random_relative_drop": {"mean": None, "sd": None, "p95": None, "values": []}})
+    d04["control"].update({"identified_relative_drop": {"mean": None, "lo": None, "hi": None, "n": 32},
+                           "relative_drops": [None] * 200,
+                           "empirical_p": {"p": None, "count": 0, "n": 0, "resolution": None},
+                           "null": {"mean": None, "lo": None, "hi": None, "sd": None, "p95": None, "n": 0}})
+    _write(out, "04_block_heads", d04)
     v = _verdicts(out)
     assert v["C6"] == "not reproduced" and v["C9"] == "not reproduced"
 

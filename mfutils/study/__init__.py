@@ -13,7 +13,7 @@ blocking
 control
     The random-head control of amendment A1: head sets drawn from the heads that are NOT identified, and an
     observed statistic of the identified heads against them (notebooks 04, 05, 06; claims C9, C8, C7).
-    API: N_CONTROL, CONTROL_STREAM, control_sets, set_drops, against, heads_json
+    API: N_CONTROL, CONTROL_STREAM, control_sets, set_drops, against, heads_json, sets_digest
 dla
     Attention vs MLP: direct logit attribution at the answer position, and the instruction-compliant subspace.
     API: DLAResult, dla

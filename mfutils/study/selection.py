@@ -8,7 +8,7 @@ n_top(n_layers, n_heads, share) -> int                   k = max(1, round(share 
 ranked(scores) -> list[(layer, head)]                    every head, highest score first, NaN last
 top_heads(scores, share=0.05) -> list[(layer, head)]     the top k, highest first
 rank_agreement(a, b, share=0.05) -> {"spearman", "top_overlap"}
-random_head_sets(n_layers, n_heads, k, n_sets, seed, exclude=None) -> list[list[(layer, head)]]
+random_head_sets(n_layers, n_heads, k, n_sets, seed, exclude=None) -> list[list[(layer, head)]]   seed: int or ints
 
 Example::
 
@@ -111,12 +111,15 @@ def rank_agreement(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray, s
     return {"spearman": rho, "top_overlap": len(set(ta) & set(tb)) / len(ta)}
 
 
-def random_head_sets(n_layers: int, n_heads: int, k: int, n_sets: int, seed: int,
+def random_head_sets(n_layers: int, n_heads: int, k: int, n_sets: int, seed: int | Sequence[int],
                      exclude: Sequence[Head] | None = None) -> list[list[Head]]:
     """``n_sets`` sets of ``k`` distinct heads drawn uniformly (numpy ``default_rng(seed)``), each sorted.
 
-    Reproducible: the same arguments give the same sets. ``exclude``: heads never drawn (e.g. the
-    identified ones). Sets are drawn independently, so two sets may share heads.
+    Reproducible: the same arguments give the same sets; the draws are sequential, so the first m sets of
+    ``n_sets`` are the sets of ``n_sets=m``. ``exclude``: heads never drawn (e.g. the identified ones); empty
+    or None draws from all heads, exactly as before ``exclude`` existed (the original control of notebooks
+    04-06). ``seed``: an int or a sequence of ints (a separate stream, as ``study.control`` uses). Sets are
+    drawn independently, so two sets may share heads.
 
     Example::
 
