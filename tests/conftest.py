@@ -74,3 +74,19 @@ def prompts() -> list[Prompt]:
     """Four prompts of different lengths (so the batch is left-padded); the last has no constraint."""
     rng = np.random.default_rng(0)
     return [random_prompt(rng, n, with_constraint=i < 3) for i, n in enumerate((7, 3, 5, 2))]
+
+
+@pytest.fixture
+def small_memory(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """``small_memory(module)`` makes ``module.answer_logits`` raise a CUDA-style out-of-memory error on batches of
+    more than ``max_rows`` samples, so that the out-of-memory halving is exercised on CPU."""
+    def patch(module: object, name: str = "answer_logits", max_rows: int = 3) -> None:
+        real = getattr(module, name)
+
+        def fake(mm, enc, *args, **kwargs):  # type: ignore[no-untyped-def]
+            if enc.groups.shape[0] > max_rows:
+                raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 MiB")
+            return real(mm, enc, *args, **kwargs)
+
+        monkeypatch.setattr(module, name, fake)
+    return patch

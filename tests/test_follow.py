@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -57,16 +59,9 @@ def test_follows_equals_direct_computation_with_heads_and_knockout(llava: MLLM, 
     assert active_hooks(llava) == 0
 
 
-def test_follows_survives_out_of_memory(llava: MLLM, samples: list[Sample], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_follows_survives_out_of_memory(llava: MLLM, samples: list[Sample], small_memory: Any) -> None:
     expected = follows(llava, samples, batch_size=6)
-    real = follow.answer_logits
-
-    def small_memory(mm, enc, *args, **kwargs):  # type: ignore[no-untyped-def]
-        if enc.groups.shape[0] > 3:
-            raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 MiB")
-        return real(mm, enc, *args, **kwargs)
-
-    monkeypatch.setattr(follow, "answer_logits", small_memory)
+    small_memory(follow)
     with pytest.warns(RuntimeWarning, match="out of memory at batch size 6; retrying at 3"):
         assert torch.equal(follows(llava, samples, batch_size=6), expected)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import json
 import math
 
@@ -327,18 +329,11 @@ def test_identify_heads_document(llava: MLLM, samples: list[Sample], tmp_path: o
         identify_heads(llava, samples, "random:llava", method="attribution")
 
 
-def test_head_loops_survive_out_of_memory(llava: MLLM, samples: list[Sample], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_head_loops_survive_out_of_memory(llava: MLLM, samples: list[Sample], small_memory: Any) -> None:
     data = prepare(llava, samples, 6)
     ex = scoring.head_scores_exhaustive(llava, data, progress=False)
     attr = scoring.head_scores_attribution(llava, data, progress=False)
-    real = scoring.answer_logits
-
-    def small_memory(mm, enc, *args, **kwargs):  # type: ignore[no-untyped-def]
-        if enc.groups.shape[0] > 3:
-            raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 MiB")
-        return real(mm, enc, *args, **kwargs)
-
-    monkeypatch.setattr(scoring, "answer_logits", small_memory)
+    small_memory(scoring)
     with pytest.warns(RuntimeWarning, match="out of memory at batch size 6; retrying at 3"):
         again = scoring.head_scores_attribution(llava, data, progress=False)
     assert torch.allclose(again, attr, atol=1e-5)
