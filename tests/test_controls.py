@@ -22,7 +22,7 @@ from mfutils.study.amplification import amplification_experiment, choose_alpha, 
 from mfutils.study.blocking import block_experiment, share_counts
 from mfutils.study.control import CONTROL_STREAM, against, control_sets, set_drops, sets_digest
 from mfutils.study.results import jsonable
-from mfutils.study.retention import capability_experiment
+from mfutils.study.retention import ANSWER_IN_TEXT, capability_experiment
 
 
 @pytest.fixture(scope="module")
@@ -189,12 +189,16 @@ def test_notebooks_04_05_06_score_the_same_control_sets(llava: MLLM) -> None:
     pool = make_split("fail_pool", 10)
     a = amplification_experiment(llava, pool[:6], pool[6:], ident, alphas=[1.0, 2.0], n_random=2, n_control=8,
                                  n_control_curve=2, progress=False).to_doc()
-    r = capability_experiment(llava, make_split("capability", 9), ident, n_random=2, n_control=5,
-                              seen=[i % 3 == 0 for i in range(9)], progress=False).to_doc()
+    caps = make_split("capability", 9)                   # image_only, text_only, agree, image_only, ...
+    seen = [i in (0, 1, 5) for i in range(9)]             # one seen prompt of each category
+    r = capability_experiment(llava, caps, ident, n_random=2, n_control=5, seen=seen, progress=False).to_doc()
+    # held out: all but the seen prompts whose text states the answer; the seen image-only prompt stays
+    assert [caps[i].category for i in (0, 1, 5)] == ["image_only", "text_only", "agree"]
+    assert set(ANSWER_IN_TEXT) == {"text_only", "agree"}
     assert a["held_out"]["random"]["digest"] == sets_digest(c["sets"][:8]) == sets_digest(control_sets(4, 4, ident, 8, 0))
     assert r["held_out"]["random"]["digest"] == sets_digest(c["sets"][:5]) != sets_digest(c["sets"][:6])
     assert c["digest"] == sets_digest(c["sets"])
-    assert r["held_out"]["n_total"] == 6 and sum(r["held_out"]["n"].values()) == 6
+    assert r["held_out"]["n_total"] == 7 and r["held_out"]["n"] == {"image_only": 3, "text_only": 2, "agree": 2}
     assert len(r["held_out"]["random"]["max_drops"]) == 5
     # the figures draw from these documents, also from their JSON form (NaN as null)
     for doc in (b, jsonable(b)):

@@ -40,8 +40,11 @@ from mfutils.study.control import N_CONTROL, against, control_sets, sets_digest
 from mfutils.study.results import OPTIONAL, Document
 from mfutils.study.selection import random_head_sets
 
-__all__ = ["RetentionResult", "capability_experiment"]
+__all__ = ["RetentionResult", "capability_experiment", "ANSWER_IN_TEXT"]
 
+
+# Categories whose text states the answer: only there does a training-stream text make a prompt memorisable (A6).
+ANSWER_IN_TEXT: tuple[str, ...] = ("text_only", "agree")
 
 @dataclass
 class RetentionResult(Document):
@@ -134,7 +137,10 @@ def _held_out(mm: MLLM, samples: Sequence[Sample], heads: list[Head], seen: Sequ
     """The A6 entry: the held-out prompts, identified heads blocked vs the A1 sets."""
     if seen is not None and len(seen) != len(samples):
         raise ValueError(f"{len(seen)} 'seen' flags for {len(samples)} samples")
-    keep = [s for i, s in enumerate(samples) if seen is None or not seen[i]]
+    # held out: the prompt as a whole (image and text) does not occur in training. A seen text makes a prompt
+    # memorisable only where the text states the answer; an image-only prompt's answer is in its image, which is
+    # rendered afresh and never repeats, so its question text occurring in training does not make it seen
+    keep = [s for i, s in enumerate(samples) if seen is None or not seen[i] or s.category not in ANSWER_IN_TEXT]
     data = prepare(mm, keep, batch_size)
     labels = np.array([s.category for s in data.samples])
     cats = [c for c in dict.fromkeys(s.category for s in samples) if (labels == c).any()]
@@ -156,7 +162,9 @@ def _held_out(mm: MLLM, samples: Sequence[Sample], heads: list[Head], seen: Sequ
     vs = against(top, rmax, seed=seed)
     return {
         "amendment": "A6", "overlap": overlap,
-        "prompts": ("those whose text does not occur in the training stream" if seen is not None
+        "prompts": ("those that do not occur in the training stream: text-stated categories "
+                    f"({', '.join(ANSWER_IN_TEXT)}) whose text does not occur in it, and every image-only prompt "
+                    "(its answer is in its image, rendered afresh)" if seen is not None
                     else "every prompt (the training stream is unknown)"),
         "n": {c: int((labels == c).sum()) for c in dict.fromkeys(s.category for s in samples)},
         "n_total": len(keep), "categories": cats,
