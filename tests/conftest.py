@@ -90,3 +90,9 @@ def small_memory(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
 
         monkeypatch.setattr(module, name, fake)
     return patch
+
+
+@pytest.fixture(scope="module")
+def llava() -> MLLM:
+    """A tiny random Llava that reads the world's vocabulary (4 layers x 4 heads), one per test module."""
+    return random_model("llava", seed=0)

@@ -15,7 +15,7 @@ import torch
 
 from mfutils.data.world import TRAIN_SEED, make_sample, make_samples, make_split
 from mfutils.measure.stats import empirical_p
-from mfutils.model.loading import MLLM, random_model
+from mfutils.model.loading import MLLM
 from mfutils.present import plots_heads
 from mfutils.study import amplification, overlap, selection, train
 from mfutils.study.amplification import amplification_experiment, choose_alpha, split_halves
@@ -23,12 +23,6 @@ from mfutils.study.blocking import block_experiment, share_counts
 from mfutils.study.control import CONTROL_STREAM, against, control_sets, set_drops, sets_digest
 from mfutils.study.results import jsonable
 from mfutils.study.retention import ANSWER_IN_TEXT, capability_experiment
-
-
-@pytest.fixture(scope="module")
-def llava() -> MLLM:
-    """A tiny random Llava that reads the world's vocabulary (4 layers x 4 heads)."""
-    return random_model("llava", seed=0)
 
 
 # ------------------------------------------------------------------------------------------------

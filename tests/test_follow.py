@@ -18,12 +18,7 @@ from mfutils.measure.prepared import NOT_RUN, n_batches, prepare, samples_of
 from mfutils.model.edges import parse_edge
 from mfutils.model.groups import edge_cut, encode
 from mfutils.model.hooks import active_hooks, knockout, scale_heads
-from mfutils.model.loading import MLLM, random_model
-
-
-@pytest.fixture(scope="module")
-def llava() -> MLLM:
-    return random_model("llava", seed=0)
+from mfutils.model.loading import MLLM
 
 
 @pytest.fixture(scope="module")

@@ -30,12 +30,6 @@ from mfutils.data.world import make_split
 
 
 @pytest.fixture(scope="module")
-def llava() -> MLLM:
-    """A tiny random Llava that reads the world's vocabulary (4 layers x 4 heads)."""
-    return random_model("llava", seed=0)
-
-
-@pytest.fixture(scope="module")
 def samples() -> list[Sample]:
     return make_split("identify", 6)
 
