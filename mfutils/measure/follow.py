@@ -170,7 +170,9 @@ class FlagCache:
         if not todo:
             return
         out = {k: torch.zeros(len(self.data), dtype=torch.bool) for k in todo}
-        bar = tqdm(total=len(self.data.batches) * len(todo), desc=desc, disable=not progress)
+        # a refresh at most every 2 s: in a notebook each refresh is a widget message, and a test runner that reads
+        # a cell's messages only when it ends (nbval) loses the cell's end past the kernel's 1000-message buffer
+        bar = tqdm(total=len(self.data.batches) * len(todo), desc=desc, disable=not progress, mininterval=2.0)
         status = NOT_RUN
 
         def fn(batch: Batch) -> None:
