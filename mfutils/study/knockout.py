@@ -230,8 +230,8 @@ def knockout_sweep(mm: MLLM, samples: Sequence[Sample] | Prepared, edges: Sequen
         m = margins(logits, t)
         base[index] = m.cpu().numpy()
         follow[index] = instructed_wins(logits, t).cpu().numpy()
+        live = [e for e, (cut, _) in enumerate(cuts) if bool(cut.any())]      # edges with something to cut here
         for w, (start, stop) in enumerate(wins):
-            live = [e for e, (cut, _) in enumerate(cuts) if bool(cut.any())]
             if method == "naive":
                 new = {}
                 for e in live:
