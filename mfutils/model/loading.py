@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 
 from mfutils.model.archs import ARCHS, ArchSpec, get_module, spec_for_model_type, without_video
-from mfutils.model.smol import SKELETONS
+from mfutils.model.smol import SKELETONS, is_parts_folder, load_parts
 from mfutils.model.tiny import tiny_parts
 from mfutils.core.paths import checkpoint_dir
 
@@ -50,6 +50,9 @@ __all__ = [
 ]
 
 DEFAULT_MODEL = "tiny"
+# Models shipped under checkpoints/: name -> folder. "smol" is the pretrained-LM model (SmolLM2 inside a Llava;
+# its folder holds only the trained parts, merged into the verified base at load: mfutils.model.smol).
+SHIPPED: dict[str, str] = {"tiny": "tiny-llava", "smol": "smol-llava"}
 RANDOM_ARCHS: tuple[str, ...] = tuple(ARCHS)        # every adapter builds a tiny random model ("llava", "qwen2_vl", ...)
 SUPPORTED_ATTN = ("sdpa", "eager")
 
@@ -261,17 +264,17 @@ def resolve_model_path(name: str) -> Path:
 
     Example: ``resolve_model_path("tiny") / "config.json"``.
     """
-    if name == DEFAULT_MODEL:
-        p = checkpoint_dir()
-        if not (p / "config.json").exists():
+    if name in SHIPPED:
+        p = checkpoint_dir(SHIPPED[name])
+        if not ((p / "config.json").exists() or is_parts_folder(p)):
             raise ModelNotFoundError(
-                f"the default tiny model is missing at {p}: run `make retrain` (about 25 minutes on 2 cores) "
-                "or restore checkpoints/ from git"
+                f"the shipped model {name!r} is missing at {p}: run `mf train --model {name}` or restore "
+                "checkpoints/ from git"
             )
         return p
     p = Path(name).expanduser()
     if p.exists():
-        if not (p / "config.json").exists():
+        if not ((p / "config.json").exists() or is_parts_folder(p)):
             raise ModelNotFoundError(f"{p} exists but holds no config.json: is it a transformers checkpoint folder?")
         return p
     # A Hugging Face id: only from the local cache, never a download.
@@ -330,6 +333,14 @@ def load_model(name: str = DEFAULT_MODEL, *, attn_implementation: str = "sdpa", 
         mm.model.to(dtype or default_dtype(device))         # as for checkpoints: bf16 on GPU, float32 on CPU
         return mm
     path = resolve_model_path(name)
+    if is_parts_folder(path):                 # trained parts on a pretrained base (the "smol" model)
+        model, processor, info = load_parts(path, attn_implementation=attn_implementation)
+        model.to(device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+        model.to(dtype or default_dtype(device))
+        card = path / "model_card.json"
+        if card.exists():
+            info["card"] = json.loads(card.read_text())
+        return MLLM(model=model, processor=processor, spec=ARCHS["llava"], name=name, info=info)
     try:
         config = json.loads((path / "config.json").read_text())
     except json.JSONDecodeError as exc:

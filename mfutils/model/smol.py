@@ -22,6 +22,13 @@ smol_tokenizer(base_tokenizer) -> tokenizer   a copy with ``<image>``, left padd
 smol_llava(seed=0, base=None, attn_implementation="sdpa") -> (LlavaForConditionalGeneration, LlavaProcessor)
 Skeleton                     a random:<name> model built on a pretrained LM: its architecture and builder
 SKELETONS                    name -> Skeleton; ``"smol"`` (``load_model("random:smol")``)
+LORA_TARGETS                 the decoder linears the instruction tuning adapts (``mfutils.model.lora``)
+PARTS_FILE, PARTS_RECORD     the shipped trained parts (safetensors) and their record (JSON) in a checkpoint folder
+save_parts(model, adapters, folder, lora_r, lora_alpha)   write only what was trained (tower, projector,
+                             ``<image>`` row, adapters) and the base it belongs to
+is_parts_folder(folder) -> bool                           the folder holds a parts checkpoint
+load_parts(folder, attn_implementation="sdpa") -> (model, processor, info)   the verified base + the parts,
+                             adapters merged: a plain Llava whose module paths every hook expects
 
 Shapes: ``pixel_values`` [B, 3, 64, 64]; ``input_ids`` [B, T] with 16 ``<image>`` ids per image; logits
 [B, T, 49153] (SmolLM2's 49,152 tokens + ``<image>``). The text-only logits equal the plain LM's.
@@ -35,15 +42,19 @@ Example::
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from mfutils.model.archs import ARCHS
+from mfutils.model.lora import merge_state
 from mfutils.model.pretrained import SMOLLM2_GGUF, SMOLLM2_SHA256, load_base_lm
 
-__all__ = ["SMOL_VISION", "IMAGE_SIZE", "CHAT_TEMPLATE", "smol_tokenizer", "smol_llava", "Skeleton", "SKELETONS"]
+__all__ = ["SMOL_VISION", "IMAGE_SIZE", "CHAT_TEMPLATE", "smol_tokenizer", "smol_llava", "Skeleton", "SKELETONS",
+           "LORA_TARGETS", "PARTS_FILE", "PARTS_RECORD", "save_parts", "is_parts_folder", "load_parts"]
 
 IMAGE_SIZE = 64
 # hidden 192 x 4 layers: the tower of the notes' stage-1 alignment run (colour 0.99 / shape 0.94 nearest-token)
@@ -130,3 +141,73 @@ SKELETONS: dict[str, Skeleton] = {
                      info={"base": SMOLLM2_GGUF, "gguf_sha256": SMOLLM2_SHA256, "vision": SMOL_VISION,
                            "trained": False}),
 }
+
+
+LORA_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+PARTS_FILE = "parts.safetensors"
+PARTS_RECORD = "parts.json"
+_FORMAT = "mfutils-smol-parts/1"
+_ROW = "image_embedding_row"
+
+
+def save_parts(model: Any, adapters: dict[str, torch.Tensor], folder: Path, lora_r: int, lora_alpha: float) -> Path:
+    """Write what training changed into ``folder``: ``PARTS_FILE`` (vision tower, projector, the ``<image>``
+    embedding row, the adapters' ``lora_A`` / ``lora_B`` under ``lora.``) and ``PARTS_RECORD`` (the base GGUF and
+    its sha256, the adapter rank and alpha). ``model`` is the trained Llava with its adapters already merged (or
+    not yet added); ``adapters`` is ``mfutils.model.lora.lora_state`` of its language model. Returns the file."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {}
+    for prefix, mod in (("vision_tower.", model.model.vision_tower), ("multi_modal_projector.",
+                                                                       model.model.multi_modal_projector)):
+        tensors.update({prefix + k: v.detach().contiguous().clone() for k, v in mod.state_dict().items()})
+    image_id = int(model.config.image_token_index)
+    tensors[_ROW] = model.get_input_embeddings().weight[image_id].detach().clone()
+    tensors.update({"lora." + k: v.contiguous() for k, v in adapters.items()})
+    save_file(tensors, str(folder / PARTS_FILE))
+    record = {"format": _FORMAT, "base_gguf": SMOLLM2_GGUF, "base_sha256": SMOLLM2_SHA256, "lora_r": lora_r,
+              "lora_alpha": lora_alpha, "lora_targets": list(LORA_TARGETS), "vision": SMOL_VISION,
+              "image_token_index": image_id}
+    (folder / PARTS_RECORD).write_text(json.dumps(record, indent=1) + "\n")
+    return folder / PARTS_FILE
+
+
+def is_parts_folder(folder: Path) -> bool:
+    """True when ``folder`` holds a parts checkpoint (``PARTS_RECORD``) rather than a full transformers one."""
+    return (Path(folder) / PARTS_RECORD).is_file()
+
+
+def load_parts(folder: Path, attn_implementation: str = "sdpa") -> tuple[Any, Any, dict[str, Any]]:
+    """(model, processor, info): the base of ``PARTS_RECORD`` (``load_base_lm``, sha256 checked) inside a Llava,
+    with the tower, projector and ``<image>`` row of ``PARTS_FILE`` loaded and the adapters merged into the
+    decoder's weights; eval mode, float32. Raises ``ValueError`` naming the file when the parts belong to another
+    base or model.
+
+    Example: ``model, proc, info = load_parts(Path("checkpoints/smol-llava"))``
+    """
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    record = json.loads((folder / PARTS_RECORD).read_text())
+    if record.get("format") != _FORMAT:
+        raise ValueError(f"{folder / PARTS_RECORD}: format {record.get('format')!r}, expected {_FORMAT!r}")
+    if record.get("base_sha256") != SMOLLM2_SHA256:
+        raise ValueError(f"{folder / PARTS_RECORD} was trained on a base with sha256 {record.get('base_sha256')}, "
+                         f"not the installed {SMOLLM2_GGUF} ({SMOLLM2_SHA256}): retrain it (`mf train --model smol`)")
+    if not (folder / PARTS_FILE).is_file():
+        raise FileNotFoundError(f"{folder / PARTS_FILE} is missing: restore checkpoints/ from git or retrain "
+                                "(`mf train --model smol`)")
+    tensors = load_file(str(folder / PARTS_FILE))
+    model, proc = smol_llava(seed=0, attn_implementation=attn_implementation)
+    with torch.no_grad():
+        for prefix, mod in (("vision_tower.", model.model.vision_tower),
+                            ("multi_modal_projector.", model.model.multi_modal_projector)):
+            mod.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=True)
+        model.get_input_embeddings().weight[int(record["image_token_index"])] = tensors[_ROW]
+        adapters = {k[len("lora."):]: v for k, v in tensors.items() if k.startswith("lora.")}
+        merge_state(model.model.language_model, adapters, float(record["lora_alpha"]) / int(record["lora_r"]))
+    info = {"base": SMOLLM2_GGUF, "gguf_sha256": SMOLLM2_SHA256, "parts": str(folder / PARTS_FILE),
+            "lora_r": record["lora_r"], "lora_alpha": record["lora_alpha"], "trained": True}
+    return model.eval(), proc, info

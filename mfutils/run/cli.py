@@ -48,17 +48,38 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import torch
 
     from mfutils.core.paths import display_path
+
+    if args.model == "smol":
+        return _train_smol(args)
     from mfutils.study.train import TrainConfig, train
 
     torch.manual_seed(args.seed)
     cfg = TrainConfig(seed=args.seed, steps=args.steps)
     command = "python -m mfutils " + " ".join(shlex.quote(a) for a in args.argv)
-    out = Path(args.out)
+    out = Path(args.out or "checkpoints/tiny-llava")
     print(f"training the tiny model: {cfg.steps} steps of batch {cfg.batch_size} -> {display_path(out)}", flush=True)
     train(cfg, out, eval_n=args.monitor_n, command=command, progress=not args.no_progress)
     from mfutils.present.card import write_card
 
     write_card(out, n=args.eval_n, seed=args.eval_seed)
+    print(f"wrote {display_path(out)} and its model card ({display_path(out / 'MODEL_CARD.md')})")
+    return 0
+
+
+def _train_smol(args: argparse.Namespace) -> int:
+    from mfutils.core.paths import checkpoint_dir, display_path
+    from mfutils.study.train_smol import SmolTrainConfig, train_smol
+
+    cfg = SmolTrainConfig(seed=args.seed)
+    out = Path(args.out) if args.out else checkpoint_dir("smol-llava")
+    command = "python -m mfutils " + " ".join(shlex.quote(a) for a in args.argv)
+    log = Path(args.log) if args.log else None
+    print(f"training the SmolLM2 model: stages a1 {cfg.a1_steps}, a2 {cfg.a2_steps}, b {cfg.b_steps} steps "
+          f"-> {display_path(out)}" + (f" (log: {display_path(log)})" if log else ""), flush=True)
+    train_smol(cfg, out, eval_n=min(args.monitor_n, 32), command=command, progress=not args.no_progress,
+               log_file=log)
+    from mfutils.present.card_smol import write_smol_card
+    write_smol_card(out, n=args.eval_n, seed=args.eval_seed)
     print(f"wrote {display_path(out)} and its model card ({display_path(out / 'MODEL_CARD.md')})")
     return 0
 
@@ -143,7 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train", help="train the default tiny model and write its model card",
                        description="Train the tiny Llava on the synthetic world (about 25 minutes on 2 cores) "
                                    "and write checkpoint + model card. The folder is replaced atomically.")
-    s.add_argument("--out", default="checkpoints/tiny-llava", help="checkpoint folder (default: %(default)s)")
+    s.add_argument("--model", choices=("tiny", "smol"), default="tiny",
+                   help="tiny: from scratch (about 25 min); smol: SmolLM2-135M inside a Llava, two stages "
+                        "(about 75 min on 2 cores) (default: %(default)s)")
+    s.add_argument("--out", default="", help="checkpoint folder (default: checkpoints/tiny-llava or "
+                                            "checkpoints/smol-llava)")
+    s.add_argument("--log", default="", help="append every log point as a JSON line to this file (smol)")
     s.add_argument("--seed", type=int, default=TRAIN_SEED, help="training seed (default: %(default)s)")
     s.add_argument("--steps", type=int, default=TrainConfig.steps, help="optimiser steps of batch 64 (default: %(default)s)")
     s.add_argument("--monitor-n", type=int, default=256, help="samples per category for the training curve")
