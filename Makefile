@@ -1,12 +1,12 @@
 # Thin front for `python -m mfutils` (the `mf` command). Every target creates .venv on first use.
-# Usage: make reproduce [MODEL=tiny] [SMOKE=1] [FORCE=1] [DATASET=mc2 MC2_JSON=file COCO_ROOT=dir]
+# Usage: make reproduce [MODEL=smol|tiny|...] [SMOKE=1] [FORCE=1] [DATASET=mc2 MC2_JSON=file COCO_ROOT=dir]
 #        make test   make bench   make retrain   make lab   make venv
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-MODEL ?= tiny
+MODEL ?=
 SMOKE ?= 0
 FORCE ?= 0
 DATASET ?=
@@ -35,11 +35,12 @@ $(STAMP): pyproject.toml
 # Resumes: notebooks whose inputs and outputs are unchanged since their last complete run are skipped
 # (and named); FORCE=1 recomputes everything.
 reproduce: $(STAMP)
-	$(PY) -m mfutils reproduce --model $(MODEL) $(if $(filter 1,$(SMOKE)),--smoke,) \
+	$(PY) -m mfutils reproduce $(if $(MODEL),--model $(MODEL),) $(if $(filter 1,$(SMOKE)),--smoke,) \
 		$(if $(filter 1,$(FORCE)),--force,) $(if $(DATASET),--dataset $(DATASET),) \
 		$(if $(MC2_JSON),--mc2-json $(MC2_JSON),) $(if $(COCO_ROOT),--coco-root $(COCO_ROOT),)
 
-# Unit, property, architecture and chain tests, then every notebook at its default parameters (nbval).
+# Unit, property, architecture and chain tests, then every notebook on the default model at smoke size (nbval;
+# notebooks/conftest.py sets smoke = True after each parameters cell).
 # Outputs go to a temporary folder (MF_OUT), never over figures/ and results/.
 test: $(STAMP) browser
 	MF_OUT=$$(mktemp -d) $(PY) -m pytest -q tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
@@ -54,10 +55,10 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.run --out benchmarks/RESULTS.md
 
 retrain: $(STAMP)
-	$(PY) -m mfutils train
+	$(PY) -m mfutils train --model $(or $(MODEL),tiny)
 
 eval: $(STAMP)
-	$(PY) -m mfutils eval --model $(MODEL)
+	$(PY) -m mfutils eval --model $(or $(MODEL),smol)
 
 info: $(STAMP)
 	$(PY) -m mfutils info

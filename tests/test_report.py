@@ -11,7 +11,7 @@ from mfutils.present import report
 from mfutils.present.rules_common import Rule
 
 from control_docs import doc04, doc05, doc06
-from mfutils.core.paths import results_dir
+from mfutils.core.paths import figures_dir, output_root, results_dir
 
 
 def _curve(values: list[float], half_width: float = 0.02, n: int = 100) -> dict:
@@ -160,3 +160,95 @@ def test_verdict_figures_are_relative_to_the_output_root(out: str) -> None:
     (figures_dir(out) / "03_head_scores.png").write_bytes(b"")
     v = report.verdict(out, "C5")
     assert v.figure == "figures/random-llava/03_head_scores.png"
+
+
+# --- the combined report of the shipped models (paper/REPORT.md) ---------------------------------------------
+
+def _heads03(n_layers: int, n_heads: int, identified: list[list[int]], share: float, lo: float, hi: float) -> dict:
+    return {"n_identify": 120, "n_layers": n_layers, "n_heads": n_heads, "k": len(identified), "identified": identified,
+            "top_share_of_score": share, "spearman": 0.8, "top_overlap": 0.67,
+            "intervals": {"n_boot": 1000, "top_share_of_score": {"value": share, "lo": lo, "hi": hi, "n": 120},
+                          "spearman": {"value": 0.8, "lo": 0.7, "hi": 0.9, "n": 120},
+                          "top_overlap": {"value": 0.67, "lo": 0.33, "hi": 1.0, "n": 120, "count": 2, "k": 3}}}
+
+
+def _row(text: str, first_cell: str) -> list[str]:
+    """The cells of the Markdown table row whose first cell is ``first_cell``."""
+    line = next(x for x in text.splitlines() if x.startswith(f"| {first_cell} |"))
+    return [c.strip() for c in line.strip("|").split(" | ")]
+
+
+def test_combined_report_puts_the_shipped_models_side_by_side(out: str) -> None:
+    from mfutils.model.loading import SHIPPED
+
+    assert set(SHIPPED) >= {"smol", "tiny"}
+    _write("tiny", "02_information_flow", _flow(shallow=-0.5, deep=-0.8, failed_deep=-0.1))
+    _write("smol", "02_information_flow", _flow(shallow=-0.01, deep=-0.01, failed_deep=-0.01, n_failed=5))
+    path = report.write_report("tiny")
+    assert path == report.write_shipped_report() == output_root() / "paper" / "REPORT.md"
+    text = path.read_text()
+    assert "| claim | paper | `smol` | `tiny` | changes |" in text
+    assert all(len(_row(text, f"C{i}")) == 5 for i in range(1, 13))  # the first row of each claim: side by side
+    c1 = _row(text, "C1")
+    assert c1[2] == "[**not reproduced**](#model-smol)" and c1[3] == "[**reproduced**](#model-tiny)"
+    assert c1[4] == "yes"
+    assert _row(text, "C5")[2:] == ["[**not measured**](#model-smol)", "[**not measured**](#model-tiny)", "—"]
+    # one section per shipped model, smol first; rules and amendments once, at the end
+    assert text.index("## Model `smol`") < text.index("## Model `tiny`") < text.index("## Rules")
+    assert text.count("## Rules") == 1 and text.count("## Amendments") == 1
+    assert text.index("## Rules") < text.index("## Amendments")
+    # figure links stay relative to paper/
+    (figures_dir("tiny") / "02_ldar.png").write_bytes(b"")
+    assert "[02_ldar](../figures/tiny/02_ldar.png)" in report.write_shipped_report().read_text()
+
+
+def test_a_shipped_model_without_results_reads_not_measured(out: str) -> None:
+    _write("tiny", "04_block_heads", doc04(drop=0.66, lo=0.5))
+    text = report.write_report("smol").read_text()   # nothing at all for smol
+    for i in range(1, 13):
+        assert f"| C{i} | " in text and "[**not measured**](#model-smol)" in _row(text, f"C{i}")[2]
+    section = text.split("## Model `smol`")[1].split("## Model `tiny`")[0]
+    assert "Summary: not measured: 12" in section and "no results file under `results/smol/`" in section
+    assert "had not been seen when the amendments were written" in section
+    tiny = text.split("## Model `tiny`")[1].split("## Rules")[0]
+    assert "had been seen when the amendments were written" in tiny and "| C6 | **reproduced** |" in tiny
+    contrast = text.split("## Contrast")[1].split("## Model")[0]
+    assert _row(contrast, "layers x heads") == ["layers x heads", "not measured", "not measured"]
+    assert _row(contrast, "relative MFR drop with them blocked (C6), 95% interval")[1:] == \
+        ["not measured", "0.66 [0.50, 0.71] (n=400)"]
+
+
+def test_contrast_table_reads_the_results(out: str) -> None:
+    # smol: 30 layers, the strongest instruction->last window at layer 21; tiny: the 8-layer fake flow
+    values = [0.0] * 30
+    values[21], values[3] = -0.6, -0.3
+    flow30 = {"n_layers": 30, "window": 1, "knockout": {"instruction->last": {"all": _curve(values, 0.05, n=300)}}}
+    _write("smol", "02_information_flow", flow30)
+    _write("smol", "03_head_identification", _heads03(30, 9, [[20, 4], [21, 0], [25, 8]], 0.37, 0.31, 0.42))
+    _write("smol", "04_block_heads", doc04(drop=0.61, lo=0.52))
+    _write("tiny", "02_information_flow", _flow(shallow=-0.5, deep=-0.8, failed_deep=-0.1))
+    text = report.write_shipped_report().read_text()
+    contrast = text.split("## Contrast")[1].split("## Model")[0]
+    assert _row(contrast, "layers x heads")[1:] == ["30 x 9", "8 x (not measured)"]
+    assert _row(contrast, "strongest instruction->last knockout: where (C2)")[1:] == \
+        ["layer 21 of 0-29 (relative depth 0.72, deep half)", "layer 4 of 0-7 (relative depth 0.57, deep half)"]
+    assert _row(contrast, "its INSSD, ratio of means (A3), 95% interval")[1:] == \
+        ["-0.60 [-0.65, -0.55] (n=300)", "-0.80 [-0.82, -0.78] (n=100)"]
+    assert _row(contrast, "identified heads (layer, head) (C5)")[1:] == \
+        ["(20,4), (21,0), (25,8): top 3 of 270", "not measured"]
+    assert _row(contrast, "their share of the positive score mass (C5), 95% interval")[1] == \
+        "0.37 [0.31, 0.42] (n=120); uniform 0.01"
+    assert _row(contrast, "relative MFR drop with them blocked (C6), 95% interval")[1:] == \
+        ["0.61 [0.52, 0.66] (n=400)", "not measured"]
+    # the verdicts of the partial smol flow document are "not measured" where a key is absent, not an error
+    assert "[**not measured**](#model-smol)" in _row(text, "C1")[2]
+
+
+def test_a_random_model_still_gets_its_own_report(out: str) -> None:
+    _write(out, "02_information_flow", _flow(shallow=-0.5, deep=-0.8, failed_deep=-0.1))
+    path = report.write_report(out)
+    assert path == results_dir(out) / "REPORT.md"
+    text = path.read_text()
+    assert text.startswith(f"# Claims report — model `{out}`") and "## Model `" not in text
+    assert "| claim | paper | verdict | measured | figure |" in text and "| C1 |" in text
+    assert not (output_root() / "paper" / "REPORT.md").exists()

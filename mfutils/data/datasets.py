@@ -44,8 +44,10 @@ __all__ = ["DEFAULT_SIZES", "SMOKE_SIZES", "write_split_manifest", "load_split",
 
 DATASETS = ("world", "mc2")
 
-DEFAULT_SIZES: dict[str, int] = {"identify": 256, "test": 400, "test_system": 200, "test_instruction_last": 200,
-                                 "capability": 300, "fail_pool": 2000}
+# Sized for the default model (smol: a sample-forward costs about 14 tiny ones) so that its chain fits in 30 minutes
+# on 2 cores; the tiny model runs 256 / 400 / 200 / 200 / 300 / 2000 (mfutils.run.profiles).
+DEFAULT_SIZES: dict[str, int] = {"identify": 128, "test": 200, "test_system": 100, "test_instruction_last": 100,
+                                 "capability": 150, "fail_pool": 1000}
 SMOKE_SIZES: dict[str, int] = {"identify": 24, "test": 32, "test_system": 16, "test_instruction_last": 16,
                                "capability": 24, "fail_pool": 64}
 

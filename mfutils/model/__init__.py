@@ -24,9 +24,14 @@ inputs
     Processor inputs of a batch of samples, without token groups (training and behavioural evaluation).
     API: render_text, batch_inputs
 loading
-    Loading MLLMs by name: the shipped tiny model, tiny random models of each architecture, real checkpoints.
-    API: MLLM, load_model, RANDOM_ARCHS, resolve_model_path, DEFAULT_MODEL, random_model, ModelNotFoundError,
-         CheckpointError, default_dtype
+    Loading MLLMs by name: the shipped models (smol, tiny), tiny random models of each architecture, real
+    checkpoints.
+    API: MLLM, load_model, RANDOM_ARCHS, resolve_model_path, DEFAULT_MODEL, SHIPPED, random_model,
+         ModelNotFoundError, CheckpointError, default_dtype
+lora
+    Low-rank adapters (LoRA, Hu et al. 2021) on a model's linear layers: added for training, merged for
+    analysis.
+    API: LoRALinear, add_lora, lora_state, merge_lora, merge_state
 prefix
     Prefix reuse: record one clean forward of a batch, then rerun only the layers and rows an intervention can
     change (design section 4).
@@ -37,7 +42,8 @@ pretrained
          write_cache, cache_dir, cache_valid, PretrainedWeightsError
 smol
     The embedded MLLM on a pretrained language model: a Llava whose decoder is SmolLM2-135M-Instruct.
-    API: SMOL_VISION, IMAGE_SIZE, CHAT_TEMPLATE, smol_tokenizer, smol_llava, Skeleton, SKELETONS
+    API: SMOL_VISION, IMAGE_SIZE, CHAT_TEMPLATE, smol_tokenizer, smol_llava, Skeleton, SKELETONS, LORA_TARGETS,
+         PARTS_FILE, PARTS_RECORD, save_parts, is_parts_folder, load_parts
 tiny
     Tiny models of each architecture, built offline: a word-level tokenizer and the processor and config that
     the architecture table (``mfutils.model.archs.ARCHS``) makes for it.

@@ -1,13 +1,15 @@
-"""Loading MLLMs by name: the shipped tiny model, tiny random models of each architecture, real checkpoints.
+"""Loading MLLMs by name: the shipped models (smol, tiny), tiny random models of each architecture, real checkpoints.
 
 Public API
 ----------
 MLLM                              a loaded model + processor + its architecture adapter (``ArchSpec``)
-load_model(name, ...) -> MLLM     ``"tiny"`` (the shipped default), ``"random:<arch>"``, a local path,
-                                  or a Hugging Face id already in the local cache (never downloads)
+load_model(name, ...) -> MLLM     ``"smol"`` (the shipped default: SmolLM2 inside a Llava), ``"tiny"`` (the
+                                  from-scratch contrast), ``"random:<arch>"``, a local path, or a Hugging Face id
+                                  already in the local cache (never downloads)
 RANDOM_ARCHS                      the ``random:<arch>`` names
 resolve_model_path(name) -> Path  the checkpoint folder ``load_model(name)`` reads (never downloads)
-DEFAULT_MODEL                     name of the default model ("tiny")
+DEFAULT_MODEL                     name of the default model ("smol")
+SHIPPED                           shipped model name -> its folder under checkpoints/
 random_model(arch, ...) -> MLLM   a tiny random model of ``arch`` in ``RANDOM_ARCHS`` (llava, qwen2_vl,
                                   qwen2_5_vl, internvl), built offline; or a skeleton on a pretrained LM
                                   (``mfutils.model.smol.SKELETONS``: ``random:smol``, SmolLM2 inside a Llava)
@@ -43,13 +45,14 @@ __all__ = [
     "RANDOM_ARCHS",
     "resolve_model_path",
     "DEFAULT_MODEL",
+    "SHIPPED",
     "random_model",
     "ModelNotFoundError",
     "CheckpointError",
     "default_dtype",
 ]
 
-DEFAULT_MODEL = "tiny"
+DEFAULT_MODEL = "smol"
 # Models shipped under checkpoints/: name -> folder. "smol" is the pretrained-LM model (SmolLM2 inside a Llava;
 # its folder holds only the trained parts, merged into the verified base at load: mfutils.model.smol).
 SHIPPED: dict[str, str] = {"tiny": "tiny-llava", "smol": "smol-llava"}
@@ -335,6 +338,7 @@ def load_model(name: str = DEFAULT_MODEL, *, attn_implementation: str = "sdpa", 
     path = resolve_model_path(name)
     if is_parts_folder(path):                 # trained parts on a pretrained base (the "smol" model)
         model, processor, info = load_parts(path, attn_implementation=attn_implementation)
+        info = {"path": str(path), "dtype": str(dtype or default_dtype(device)).replace("torch.", ""), **info}
         model.to(device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
         model.to(dtype or default_dtype(device))
         card = path / "model_card.json"

@@ -6,6 +6,9 @@ Modules
 card
     The model card of a trained tiny checkpoint: provenance, recipe and reasons, held-out accuracy.
     API: write_card, DESIGN_NOTES, RETRAIN_TOLERANCE
+card_smol
+    The model card of the pretrained-LM model (``smol``): recipe and reasons, wall time, hashes, held-out table.
+    API: TARGETS, SMOL_DESIGN_NOTES, write_smol_card
 display
     Showing prompts to a reader: tokens coloured by group, sample galleries, tables.
     API: GROUP_COLORS, tokens_html, legend_html, plot_gallery
@@ -27,7 +30,13 @@ plots_selection
 report
     The claims report: every claim C1-C12, what the paper says, what this run measured, a verdict by the rule
     written in ``paper/claims.yaml`` before the numbers were known, and the figure that shows it.
-    API: load_claims, verdict, assess, write_report, Verdict, FIGURES, RULES, MissingMeasurement
+    API: load_claims, verdict, assess, write_report, write_shipped_report, Verdict, FIGURES, RULES,
+         MissingMeasurement
+report_compare
+    The shipped models side by side: each claim's verdict per model, and a short contrast of what was measured
+    (depth of the instruction->last effect, the identified heads, the blocking drop), one column per model.
+    API: NOT_MEASURED, ROWS, Results, architecture, strongest_knockout, knockout_layer, knockout_effect,
+         identified_heads, heads_share, block_drop, anchor, side_by_side, contrast_table
 rules_common
     What the claim rules share: verdict words, the rule record, number formatting and INSSD curve helpers.
     API: REPRODUCED, PARTLY, NOT, NA, MISSING, Rule, RuleFn, MissingMeasurement, num, fmt, strongest,
@@ -39,10 +48,11 @@ rules_control
 rules_flow
     The rules of the information-flow claims (notebook 02): C1, C2, C3, C4, C10, C11, C12. ``RULES``: claim id
     -> ``rules_common.Rule``.
-    API: RULES
+    API: RULES, c2_windows
 rules_heads
     The rule of the head-identification claim (notebook 03): C5. ``RULES``: claim id -> ``rules_common.Rule``.
     API: RULES
+
 widgets/
     The explorers of notebook 07, one module each. Builders return a widget and never display it.
 

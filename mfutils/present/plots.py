@@ -60,7 +60,8 @@ def save_figure(fig: plt.Figure, name: str, model: str | None = None, folder: Pa
     return paths
 
 
-def plot_training_curve(curve: Sequence[dict[str, Any]], ax: plt.Axes | None = None) -> plt.Figure:
+def plot_training_curve(curve: Sequence[dict[str, Any]], ax: plt.Axes | None = None,
+                        xlabel: str = "training step (batch 64)") -> plt.Figure:
     """Held-out-monitor accuracy per category against the training step (one line per category)."""
     set_theme()
     if ax is None:
@@ -71,7 +72,7 @@ def plot_training_curve(curve: Sequence[dict[str, Any]], ax: plt.Axes | None = N
     keys = [k for k in curve[0] if k.startswith("acc_")] if curve else []
     for k in keys:
         ax.plot(steps, [p[k] for p in curve], marker="o", ms=2.5, lw=1.2, label=k[4:])
-    ax.set_xlabel("training step (batch 64)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("accuracy (monitor set)")
     ax.set_ylim(0, 1.02)
     ax.legend(fontsize=6, ncol=2, loc="lower right")

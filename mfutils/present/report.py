@@ -11,7 +11,11 @@ Public API
 load_claims() -> dict                 paper/claims.yaml
 verdict(model, claim_id) -> Verdict   one claim's verdict by its rule (what notebooks print)
 assess(model) -> list[Verdict]        every claim's verdict, in the order of paper/claims.yaml
-write_report(model) -> Path           paper/REPORT.md for the default model (results/<model>/REPORT.md otherwise)
+write_report(model) -> Path           a shipped model: paper/REPORT.md (``write_shipped_report``); any other
+                                      model: results/<model>/REPORT.md, that model alone
+write_shipped_report() -> Path        paper/REPORT.md: every shipped model (``model.loading.SHIPPED``; smol, then
+                                      tiny) side by side, claim by claim and in a contrast table
+                                      (``report_compare``), then one section per model, the rules and amendments once
 Verdict                               claim id, statement, verdict, measured text, rule, figure
 RULES                                 claim id -> Rule (results files it needs, the original and amended rule),
                                       from rules_flow (02), rules_heads (03) and rules_control (04-06)
@@ -19,7 +23,8 @@ MissingMeasurement                    KeyError: a results file lacks the key tha
 
 Amendments (paper/claims.yaml ``amendments``): a claim whose rule an amendment changed is judged by the
 amended rule. For a model in ``amendments.seen_models`` (its results were seen before the amendment) the
-original rule's verdict is computed too and shown beside the amended one wherever they differ.
+original rule's verdict is computed too and shown beside the amended one wherever they differ (in the combined
+report, per model: a shipped model not in ``seen_models`` is judged by the amended rules alone).
 
 Example::
 
@@ -36,17 +41,20 @@ from typing import Any, Callable
 
 import yaml
 
-from mfutils.model.loading import DEFAULT_MODEL
+from mfutils.model.loading import DEFAULT_MODEL, SHIPPED
 from mfutils.core.paths import atomic_write_text, display_path, figures_dir, model_slug, output_root, repo_root, results_dir
+from mfutils.present.report_compare import contrast_table, side_by_side
 from mfutils.present.rules_common import MISSING, MissingMeasurement, Rule
 from mfutils.present.rules_control import RULES as _CONTROL_RULES
 from mfutils.present.rules_flow import RULES as _FLOW_RULES
 from mfutils.present.rules_heads import RULES as _HEADS_RULES
 from mfutils.study.results import read_results
 
-__all__ = ["load_claims", "verdict", "assess", "write_report", "Verdict", "FIGURES", "RULES", "MissingMeasurement"]
+__all__ = ["load_claims", "verdict", "assess", "write_report", "write_shipped_report", "Verdict", "FIGURES", "RULES",
+           "MissingMeasurement"]
 
 RULES: dict[str, Rule] = dict(sorted({**_FLOW_RULES, **_HEADS_RULES, **_CONTROL_RULES}.items(), key=lambda kv: int(kv[0][1:])))
+_ORDER = ("smol", "tiny")   # the shipped models' order in paper/REPORT.md: the study's model, then the contrast
 _FILES = {"02": "02_information_flow", "03": "03_head_identification", "04": "04_block_heads",
           "05": "05_amplification", "06": "06_capability_retention"}
 
@@ -172,44 +180,51 @@ def assess(model: str) -> list[Verdict]:
     return [_judge(model, cid, claims, results) for cid in claims["claims"]]
 
 
-def write_report(model: str = DEFAULT_MODEL) -> Path:
-    """Write the report: paper/REPORT.md for the default model, results/<model>/REPORT.md for others."""
-    from mfutils.core.provenance import git_commit
+def _shipped() -> list[str]:
+    """The shipped models in report order: ``smol`` (the study's model) first, ``tiny`` (the contrast) next,
+    any other shipped model after them."""
+    return [m for m in _ORDER if m in SHIPPED] + [m for m in SHIPPED if m not in _ORDER]
 
-    verdicts = assess(model)
-    path = (output_root() / "paper" / "REPORT.md") if model == DEFAULT_MODEL else results_dir(model) / "REPORT.md"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    timings_p = figures_dir(model, create=False) / "notebooks" / "chain_timings.json"
-    timings = json.loads(timings_p.read_text()) if timings_p.exists() else None
+
+def _seen(model: str, claims: dict[str, Any]) -> bool:
+    return model_slug(model) in {model_slug(m) for m in claims.get("amendments", {}).get("seen_models", [])}
+
+
+def _names(models: list[str]) -> str:
+    """```a```, ```a`` and ``b```, ```a``, ``b`` and ``c```."""
+    quoted = [f"`{m}`" for m in models]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
+
+
+def _timings(model: str) -> dict[str, Any] | None:
+    p = figures_dir(model, create=False) / "notebooks" / "chain_timings.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def _chain_run(timings: dict[str, Any]) -> str:
+    return f"chain run {'smoke' if timings.get('smoke') else 'full'}, {sum(timings['seconds'].values()):.0f} s"
+
+
+def _linker(path: Path) -> Callable[[str | None], str]:
+    """A figure path (relative to the output root) as a Markdown link relative to the folder of ``path``."""
+    up = "../" * (len(path.relative_to(output_root()).parts) - 1)
 
     def link(fig: str | None) -> str:
-        if fig is None:
-            return "—"
-        up = "../" * (len(path.relative_to(output_root()).parts) - 1)   # fig: relative to the output root
-        return f"[{Path(fig).stem}]({up}{Path(fig).as_posix()})"
+        return "—" if fig is None else f"[{Path(fig).stem}]({up}{Path(fig).as_posix()})"
 
+    return link
+
+
+def _summary(verdicts: list[Verdict]) -> str:
     counts: dict[str, int] = {}
     for v in verdicts:
         counts[v.verdict] = counts.get(v.verdict, 0) + 1
-    lines = [
-        f"# Claims report — model `{model}`",
-        "",
-        "Generated by `mfutils.present.report` from `results/" + model_slug(model) + "/*.json`; nothing here is typed by hand.",
-        "Verdicts follow the rules of [paper/claims.yaml](" + ("" if model == DEFAULT_MODEL else "../../") +
-        ("claims.yaml" if model == DEFAULT_MODEL else "paper/claims.yaml") + "), fixed before the numbers were known.",
-        "Definitions marked as ours are reconstructions (see METHOD.md): only the paper's abstract is public.",
-        "",
-        *([f"**Random weights: smoke only.** `{model}` is a randomly initialised model; these verdicts test that the "
-           "code runs end to end on its architecture and say nothing about the paper's claims.", ""]
-          if model.startswith("random:") else []),
-        f"Code: `{git_commit()}`" + (f"; chain run {'smoke' if timings and timings.get('smoke') else 'full'}, "
-                                     f"{sum(timings['seconds'].values()):.0f} s" if timings else ""),
-        "",
-        "Summary: " + ", ".join(f"{k}: {v}" for k, v in counts.items()),
-        "",
-        "| claim | paper | verdict | measured | figure |",
-        "|---|---|---|---|---|",
-    ]
+    return "Summary: " + ", ".join(f"{k}: {v}" for k, v in counts.items())
+
+
+def _rows(verdicts: list[Verdict], link: Callable[[str | None], str], statement: bool = True) -> list[str]:
+    """The claims table's rows: claim | (paper |) verdict | measured | figure."""
+    rows = []
     for v in verdicts:
         cell, measured = f"**{v.verdict}**", v.measured
         if v.amendment is not None:
@@ -219,24 +234,175 @@ def write_report(model: str = DEFAULT_MODEL) -> Path:
                 measured += f"<br>*measured for the original rule:* {v.original_measured}"
             elif v.original_verdict is not None:
                 cell += "<br>the original rule gives the same"
-        lines.append(f"| {v.claim} | {v.statement} | {cell} | {measured} | {link(v.figure)} |")
+        rows.append(f"| {v.claim} |" + (f" {v.statement} |" if statement else "") + f" {cell} | {measured} | {link(v.figure)} |")
+    return rows
+
+
+def _rules(rules: list[tuple[str, str | None, str]], claims: dict[str, Any], show_original: bool) -> list[str]:
+    """The rules list from (claim, amendment or None, the rule text that judged it)."""
+    lines = []
+    for cid, amendment, text in rules:
+        original = claims["claims"][cid]["rule"]
+        if amendment is None:
+            lines.append(f"- **{cid}**: {original}")
+        else:
+            lines.append(f"- **{cid}** (amended, {text})" + (f"; original rule: {original}" if show_original else ""))
+    return lines
+
+
+def _registered_rules(claims: dict[str, Any]) -> list[tuple[str, str | None, str]]:
+    """Every claim's rule as registered in ``RULES`` (independent of any model's results)."""
+    out: list[tuple[str, str | None, str]] = []
+    for cid, spec in claims["claims"].items():
+        rule = RULES[cid]
+        if rule.amended is None:
+            out.append((cid, None, spec["rule"]))
+        else:
+            out.append((cid, rule.amendment or "", _amendment_rule(claims, rule.amendment or "", cid)))
+    return out
+
+
+def _amendments(amendments: dict[str, Any]) -> list[str]:
+    return [f"- **{aid}** ({a['date']}; {', '.join(a['claims'])}): {a['reason']}" for aid, a in amendments["list"].items()]
+
+
+def write_report(model: str = DEFAULT_MODEL) -> Path:
+    """Write the report of ``model``: for a shipped model (``model.loading.SHIPPED``) the combined
+    paper/REPORT.md of every shipped model (``write_shipped_report``); for any other, results/<model>/REPORT.md.
+
+    Example::
+
+        print(write_report("random:llava"))     # results/random-llava/REPORT.md
+    """
+    if model in SHIPPED:
+        return write_shipped_report()
+    return _write_single(model)
+
+
+def _write_single(model: str) -> Path:
+    """results/<model>/REPORT.md: one model's report."""
+    from mfutils.core.provenance import git_commit
+
+    verdicts = assess(model)
+    path = results_dir(model) / "REPORT.md"
+    timings = _timings(model)
     claims = load_claims()
     amendments = claims.get("amendments", {})
-    seen = model_slug(model) in {model_slug(m) for m in amendments.get("seen_models", [])}
-    lines += ["", "## Rules", ""]
-    for v in verdicts:
-        original = claims["claims"][v.claim]["rule"]
-        if v.amendment is None:
-            lines.append(f"- **{v.claim}**: {original}")
-        else:
-            lines.append(f"- **{v.claim}** (amended, {v.rule})" + (f"; original rule: {original}" if seen else ""))
+    seen = _seen(model, claims)
+    lines = [
+        f"# Claims report — model `{model}`",
+        "",
+        "Generated by `mfutils.present.report` from `results/" + model_slug(model) + "/*.json`; nothing here is typed by hand.",
+        "Verdicts follow the rules of [paper/claims.yaml](../../paper/claims.yaml), fixed before the numbers were known.",
+        "Definitions marked as ours are reconstructions (see METHOD.md): only the paper's abstract is public.",
+        "",
+        *([f"**Random weights: smoke only.** `{model}` is a randomly initialised model; these verdicts test that the "
+           "code runs end to end on its architecture and say nothing about the paper's claims.", ""]
+          if model.startswith("random:") else []),
+        f"Code: `{git_commit()}`" + (f"; {_chain_run(timings)}" if timings else ""),
+        "",
+        _summary(verdicts),
+        "",
+        "| claim | paper | verdict | measured | figure |",
+        "|---|---|---|---|---|",
+        *_rows(verdicts, _linker(path)),
+        "", "## Rules", "",
+        *_rules([(v.claim, v.amendment, v.rule) for v in verdicts], claims, seen),
+    ]
     if amendments.get("list"):
         lines += ["", "## Amendments", "",
                   ("The results of this model had been seen when these amendments were written, so every claim whose "
                    "verdict an amendment changes shows the original rule's verdict beside the amended one."
                    if seen else "This model's results had not been seen when the amendments were written: the amended "
                    "rules are simply its rules."), ""]
-        for aid, a in amendments["list"].items():
-            lines.append(f"- **{aid}** ({a['date']}; {', '.join(a['claims'])}): {a['reason']}")
+        lines += _amendments(amendments)
+    lines.append("")
+    return atomic_write_text(path, "\n".join(lines))
+
+
+def _section(model: str, verdicts: list[Verdict], docs: dict[str, Any], seen: bool | None,
+             link: Callable[[str | None], str]) -> list[str]:
+    """One model's section of the combined report (``seen``: None when claims.yaml has no amendments)."""
+    timings = _timings(model)
+    lines = [f"## Model `{model}`", "",
+             f"Results: `results/{model_slug(model)}/*.json`; " +
+             (_chain_run(timings) if timings else
+              f"no chain run recorded (`figures/{model_slug(model)}/notebooks/chain_timings.json` absent)") + ".", ""]
+    if seen is not None:
+        lines += [("This model's results had been seen when the amendments were written (paper/claims.yaml "
+                   "`amendments.seen_models`), so every claim whose verdict an amendment changes shows the original "
+                   "rule's verdict beside the amended one." if seen else
+                   "This model's results had not been seen when the amendments were written (paper/claims.yaml "
+                   "`amendments.seen_models`): the amended rules are simply its rules."), ""]
+    lines += [_summary(verdicts), ""]
+    if all(d is None for d in docs.values()):
+        return lines + [f"Not measured: no results file under `results/{model_slug(model)}/` yet "
+                        f"(`make reproduce MODEL={model}` writes them), so every claim reads {MISSING}.", ""]
+    return lines + ["| claim | verdict | measured | figure |", "|---|---|---|---|", *_rows(verdicts, link, False), ""]
+
+
+def write_shipped_report() -> Path:
+    """Write paper/REPORT.md: every shipped model side by side (the claim-by-claim table and the contrast of
+    ``report_compare``), then one section per model, then the rules and amendments once. A shipped model
+    without results reads "not measured" throughout.
+
+    Example::
+
+        print(write_shipped_report())           # paper/REPORT.md
+    """
+    from mfutils.core.provenance import git_commit
+
+    claims = load_claims()
+    amendments = claims.get("amendments", {})
+    models = _shipped()
+    path = output_root() / "paper" / "REPORT.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    link = _linker(path)
+    docs = {m: {k: _load(m, f) for k, f in _FILES.items()} for m in models}
+    verdicts = {m: [_judge(m, cid, claims, docs[m]) for cid in claims["claims"]] for m in models}
+    has_amendments = bool(amendments.get("list"))
+    seen = {m: _seen(m, claims) for m in models}
+    lines = [
+        f"# Claims report — shipped models {_names(models)}",
+        "",
+        "Generated by `mfutils.present.report` from " + " and ".join(f"`results/{model_slug(m)}/*.json`" for m in models)
+        + "; nothing here is typed by hand.",
+        "Verdicts follow the rules of [paper/claims.yaml](claims.yaml), fixed before the numbers were known.",
+        "Definitions marked as ours are reconstructions (see METHOD.md): only the paper's abstract is public.",
+        "",
+        f"Code: `{git_commit()}`",
+        "",
+        "## Claim by claim",
+        "",
+        "Each verdict links to its model's section, which has the numbers behind it and the figure. *changes*: yes "
+        "where the models' verdicts differ, no where they agree, — where fewer than two models have a verdict.",
+        "",
+        *side_by_side(verdicts, {cid: c["statement"] for cid, c in claims["claims"].items()}),
+        "",
+        "## Contrast",
+        "",
+        "From each model's `02_information_flow.json` (the instruction->last knockout on all test samples: of the "
+        "deep and the shallow window that C2 compares, the stronger; relative depth = layer / (layers - 1)), "
+        "`03_head_identification.json` (the top-k heads whose share C5 judges) and `04_block_heads.json` (C6). "
+        "Intervals: the bootstrap 95% intervals that the notebooks wrote.",
+        "",
+        *contrast_table(docs),
+        "",
+    ]
+    for m in models:
+        lines += _section(m, verdicts[m], docs[m], seen[m] if has_amendments else None, link)
+    lines += ["## Rules", "", *_rules(_registered_rules(claims), claims, any(seen.values()))]
+    if has_amendments:
+        was = [m for m in models if seen[m]]
+        was_not = [m for m in models if not seen[m]]
+        text = []
+        if was:
+            text.append(f"The results of {_names(was)} had been seen when these amendments were written: "
+                        f"{'its section shows' if len(was) == 1 else 'their sections show'} the original rule's "
+                        "verdict beside the amended one wherever an amendment changes it.")
+        if was_not:
+            text.append(f"{'Those' if was else 'The results'} of {_names(was_not)} had not been seen: the amended "
+                        f"rules are simply {'its' if len(was_not) == 1 else 'their'} rules.")
+        lines += ["", "## Amendments", "", " ".join(text), "", *_amendments(amendments)]
     lines.append("")
     return atomic_write_text(path, "\n".join(lines))

@@ -5,6 +5,12 @@ ratios ``inssd``/``lo``/``hi``); each ``cX_amended`` the rule after the amendmen
 A3 (C1, C2, C11, C12: the ratio of means ``ratio_of_means`` with its bootstrap interval), A4 (C10: A3's
 estimator too, and not applicable without a significant succeeded deep effect), A5 (C3: against the
 random-token baseline). C4 has no amendment; its text carries the summed attributions' intervals.
+
+Public API
+----------
+RULES                                   claim id -> Rule(needs, original, amended, amendment)
+c2_windows(flow, view) -> (deep, shallow)   C2's strongest instruction->last windows (``rules_common.strongest``
+                                        dicts or None), read by ``report_compare`` for the contrast of the models
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from typing import Any, Callable
 from mfutils.measure.stats import wilson
 from mfutils.present.rules_common import NA, NOT, PARTLY, REPRODUCED, Rule, describe, fmt, significant, strongest
 
-__all__ = ["RULES"]
+__all__ = ["RULES", "c2_windows"]
 
 View = Callable[[dict[str, Any]], dict[str, Any]]
 _ROM = "ratio of means (A3)"
@@ -58,10 +64,16 @@ def c1_amended(r: dict[str, Any], th: dict[str, float]) -> tuple[str, str]:
     return _c1(r, th, _ratio_of_means, f"INSSD, {_ROM}")
 
 
-def _c2(r: dict[str, Any], th: dict[str, float], view: View, label: str) -> tuple[str, str]:
-    flow = r["02"]
+def c2_windows(flow: dict[str, Any], view: View = _ratio_of_means) -> tuple[dict[str, float] | None,
+                                                                          dict[str, float] | None]:
+    """(deep, shallow): the strongest deep and shallow window of the instruction->last knockout on all samples,
+    as C2's rule reads them (``view``: A3's ratio of means by default, ``_mean_of_ratios`` for the original)."""
     c = view(flow["knockout"]["instruction->last"]["all"])
-    deep, shallow = strongest(c, flow["n_layers"], True), strongest(c, flow["n_layers"], False)
+    return strongest(c, flow["n_layers"], True), strongest(c, flow["n_layers"], False)
+
+
+def _c2(r: dict[str, Any], th: dict[str, float], view: View, label: str) -> tuple[str, str]:
+    deep, shallow = c2_windows(r["02"], view)
     if not significant(deep, th["effect"]):
         v = NOT
     elif shallow is None or deep["mean"] <= shallow["mean"]:  # type: ignore[index]

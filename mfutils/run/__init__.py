@@ -9,6 +9,9 @@ chain
 cli
     The command line: ``python -m mfutils <command>`` (also installed as ``mf``). The Makefile is a thin front.
     API: main, build_parser
+profiles
+    Per-model chain parameters: the sample counts and windows each shipped model's full run uses.
+    API: PROFILES, SHIPPED_ORDER, profile
 state
     The chain's records: notebook fingerprints, the resume state, output hashes and provenance stamps.
     API: STATE_FILE, PROVENANCE_FILE, BOOKKEEPING, INTERACTIVE_MODULES, fingerprint, code_fingerprint,

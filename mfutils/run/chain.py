@@ -181,13 +181,14 @@ def parse_parameter(text: str) -> tuple[str, Any]:
 # ------------------------------------------------------------------------------------------------
 # The chain
 # ------------------------------------------------------------------------------------------------
-def run_chain(model: str = "tiny", smoke: bool = False, only: Sequence[str] | None = None, force: bool = False,
+def run_chain(model: str = "smol", smoke: bool = False, only: Sequence[str] | None = None, force: bool = False,
               params: Mapping[str, Any] | None = None) -> int:
     """Execute the built notebooks in order, skipping those whose inputs and outputs are unchanged since
     their last complete run (unless ``force``); stop at the first failure (its executed copy shows where).
 
     ``only``: notebook name prefixes to run (others are neither run nor skipped-checked). ``params``: extra
-    papermill parameters, checked against each notebook's ``parameters`` cell before anything runs.
+    papermill parameters, checked against each notebook's ``parameters`` cell before anything runs; they
+    override the model's profile (``mfutils.run.profiles``), which overrides the notebooks' defaults.
     """
     import papermill as pm
 
@@ -196,8 +197,12 @@ def run_chain(model: str = "tiny", smoke: bool = False, only: Sequence[str] | No
     nbs = built_notebooks()
     if only:
         nbs = [p for p in nbs if any(p.stem.startswith(o) for o in only)]
+    from mfutils.run.profiles import profile
+
     parameters: dict[str, Any] = {"model": model, "smoke": bool(smoke), **dict(params or {})}
     check_parameters(parameters, nbs)
+    known = {name for nb in nbs for name in notebook_parameters(nb)}
+    parameters = {**{k: v for k, v in profile(model).items() if k in known}, **parameters}
     identity = records.model_identity(model)  # fails early, with the fix, for an unknown or missing model
     fig_dir, res_dir = figures_dir(model), results_dir(model)
     out_dir = fig_dir / "notebooks"

@@ -37,8 +37,14 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     print(f"mfutils {__version__}  torch {torch.__version__}  transformers {transformers.__version__}")
     print(f"repository: {repo_root()}")            # where it is on this machine: the one absolute path printed
-    ck = checkpoint_dir()
-    print(f"default model 'tiny': {display_path(ck)} ({'present' if (ck / 'config.json').exists() else 'MISSING: run make retrain'})")
+    from mfutils.model.loading import DEFAULT_MODEL, SHIPPED
+    from mfutils.model.smol import is_parts_folder
+
+    for name, folder in SHIPPED.items():
+        ck = checkpoint_dir(folder)
+        there = (ck / "config.json").exists() or is_parts_folder(ck)
+        print(f"shipped model {name!r}{' (default)' if name == DEFAULT_MODEL else ''}: {display_path(ck)} "
+              f"({'present' if there else f'MISSING: run mf train --model {name}'})")
     print("random models: " + ", ".join(f"random:{a}" for a in RANDOM_ARCHS))
     print(describe_chain())
     return 0
@@ -140,7 +146,16 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         value = getattr(args, name, None)
         if value:
             params[name] = value
-    return run_chain(model=args.model, smoke=args.smoke, only=args.only, force=args.force, params=params)
+    if args.model:
+        return run_chain(model=args.model, smoke=args.smoke, only=args.only, force=args.force, params=params)
+    from mfutils.run.profiles import SHIPPED_ORDER
+
+    for model in SHIPPED_ORDER:              # every shipped model: the pretrained-LM default, then the tiny contrast
+        print(f"\n######## model {model} ########", flush=True)
+        rc = run_chain(model=model, smoke=args.smoke, only=args.only, force=args.force, params=params)
+        if rc:
+            return rc
+    return 0
 
 
 def _cmd_store_checked(args: argparse.Namespace) -> int:
@@ -188,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="World: accuracy per category on fresh samples. MC2 (--dataset mc2): the "
                                    "modality-following ratio per instruction on the first --n records and the "
                                    "accuracy on their image-only and text-only versions.")
-    s.add_argument("--model", default="tiny", help="'tiny', 'random:<arch>', a checkpoint folder or a cached HF id")
+    s.add_argument("--model", default="smol", help="'smol' (the default), 'tiny', 'random:<arch>', a checkpoint folder or "
+                                                  "a cached HF id (default: %(default)s)")
     s.add_argument("--dataset", choices=("world", "mc2"), default="world", help="(default: %(default)s)")
     s.add_argument("--mc2-json", default="", help="MC2's evaluate_final.json (with --dataset mc2)")
     s.add_argument("--coco-root", default="", help="folder of the MS-COCO 2014 images (with --dataset mc2)")
@@ -202,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_eval)
 
     s = sub.add_parser("reproduce", help="run the notebook chain and write paper/REPORT.md")
-    s.add_argument("--model", default="tiny", help="model for every notebook (default: %(default)s)")
+    s.add_argument("--model", default="", help="model for every notebook (default: every shipped model, smol "
+                                              "then tiny; paper/REPORT.md puts them side by side)")
     s.add_argument("--smoke", action="store_true", help="tiny sample counts (CI-sized run)")
     s.add_argument("--only", nargs="*", default=None, help="notebook name prefixes to run (e.g. 00 01)")
     s.add_argument("--force", action="store_true",
@@ -218,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="After a deliberate change and a full `make reproduce`, copy the outputs of "
                                    "the cells marked # NBVAL_CHECK_OUTPUT from figures/<model>/notebooks/ into "
                                    "notebooks/, where nbval compares them.")
-    s.add_argument("--model", default="tiny")
+    s.add_argument("--model", default="smol")
     s.set_defaults(func=_cmd_store_checked)
     return p
 

@@ -19,7 +19,7 @@ dla
     API: DLAResult, dla
 evaluate
     Behavioural evaluation on the world: accuracy per category with intervals.
-    API: EVAL_CATEGORIES, evaluate, quick_accuracy
+    API: EVAL_CATEGORIES, category_samples, evaluate, quick_accuracy
 flow_batches
     The batches the information-flow analyses run on: a ``Prepared``'s, or consecutive slices of a sample list.
     API: BatchFn, flow_batches, gather, subset_or_data
@@ -33,7 +33,7 @@ information_flow
          run_information_flow
 knockout
     Attention-knockout sweeps: cut each edge in each window of k layers and record per-sample margins.
-    API: windows, SweepResult, SWEEP_METHODS, knockout_sweep
+    API: default_window, windows, SweepResult, SWEEP_METHODS, knockout_sweep
 lens
     Logit lens onto one answer direction, and the Latent Decision Agreement Rate (LDAR, ours).
     API: direction_rows, lens_diff, ldar, READS, RANDOM_GROUPS
@@ -50,7 +50,7 @@ results
 retention
     Capability retention: accuracy per category with the identified heads blocked vs random sets (notebook 06,
     C7).
-    API: RetentionResult, capability_experiment
+    API: RetentionResult, capability_experiment, ANSWER_IN_TEXT
 saliency
     Information-flow saliency |A * dL/dA| per layer and token-group pair ("Label Words are Anchors", Wang et al.
     2023).
@@ -71,6 +71,9 @@ stability
 train
     Training the embedded default model: a tiny Llava (CLIP vision tower + Llama decoder) on the world.
     API: TrainConfig, build_tiny_model, train
+train_smol
+    Training the pretrained-LM default: SmolLM2-135M-Instruct as the decoder of a Llava, in LLaVA's two stages.
+    API: SmolTrainConfig, train_smol
 
 Each module's docstring lists its public API with tensor shapes and a short example.
 """

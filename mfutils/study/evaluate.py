@@ -7,7 +7,8 @@ asked attribute (8 colours or 6 shapes, each one token in the tiny world) is its
 Public API
 ----------
 EVAL_CATEGORIES                       the categories reported by ``mf eval``
-evaluate(mm, n, seed, batch_size) -> dict        {category: proportion dict (rate, lo, hi, k, n)}
+category_samples(category, n, seed, heldout_share=0.5) -> list[Sample]   the samples evaluate scores
+evaluate(mm, n, seed, batch_size, flags=None) -> dict   {category: proportion dict (rate, lo, hi, k, n)}
 quick_accuracy(mm, n, seed) -> dict[str, float]  the same, rates only (for training curves)
 
 Example::
@@ -26,19 +27,27 @@ from mfutils.measure.follow import follows
 from mfutils.measure.stats import proportion
 from mfutils.model.loading import MLLM
 
-__all__ = ["EVAL_CATEGORIES", "evaluate", "quick_accuracy"]
+__all__ = ["EVAL_CATEGORIES", "category_samples", "evaluate", "quick_accuracy"]
 
 EVAL_CATEGORIES = ("follow_image", "follow_text", "image_only", "text_only", "agree", "no_instruction")
 
 
+def category_samples(category: str, n: int, seed: int, heldout_share: float = 0.5) -> list[Any]:
+    """The ``n`` samples of ``category`` that ``evaluate`` scores (stream ``seed``; each category of
+    ``EVAL_CATEGORIES`` has its own index range, so categories never share a sample)."""
+    start = EVAL_CATEGORIES.index(category) * 1_000_000 if category in EVAL_CATEGORIES else 9_000_000
+    return make_samples(n, seed, category, start=start, heldout_share=heldout_share)
+
+
 def evaluate(mm: MLLM, n: int = 1000, seed: int = 1001, batch_size: int = 128,
              categories: Sequence[str] = EVAL_CATEGORIES, heldout_share: float = 0.5,
-             progress: bool = False) -> dict[str, Any]:
+             progress: bool = False, flags: dict[str, list[bool]] | None = None) -> dict[str, Any]:
     """Accuracy per category on ``n`` fresh samples each (stream ``seed``), with Wilson 95% intervals.
 
     Instructed categories use a held-out instruction template for ``heldout_share`` of the samples;
     ``<category>/heldout`` and ``<category>/seen`` split them; ``<category>/color`` and ``/shape`` the
-    asked attributes.
+    asked attributes. ``flags``: a dict that receives each category's per-sample right/wrong list, in the
+    order of ``category_samples``.
 
     Example::
 
@@ -46,9 +55,11 @@ def evaluate(mm: MLLM, n: int = 1000, seed: int = 1001, batch_size: int = 128,
     """
     mm.model.eval()
     result: dict[str, Any] = {"model": mm.name, "seed": seed, "n_per_category": n}
-    for ci, cat in enumerate(tqdm(categories, desc="evaluate", disable=not progress)):
-        samples = make_samples(n, seed, cat, start=ci * 1_000_000, heldout_share=heldout_share)
+    for cat in tqdm(categories, desc="evaluate", disable=not progress):
+        samples = category_samples(cat, n, seed, heldout_share)
         ok = follows(mm, samples, batch_size=batch_size).tolist()
+        if flags is not None:
+            flags[cat] = ok
         result[cat] = proportion(ok)
         if any(s.template is not None for s in samples):
             for tag, flag in (("heldout", True), ("seen", False)):

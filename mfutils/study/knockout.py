@@ -5,6 +5,7 @@ reuses one clean forward per batch (prefix reuse, ``mfutils.model.hooks.prefix_t
 
 Public API
 ----------
+default_window(n_layers) -> int                 k when none is given: max(1, round(L / 6)) (ours)
 windows(n_layers, k) -> list[(start, stop)]     k consecutive layers sliding over depth (W = L - k + 1)
 SweepResult                     per-sample margins: base [N], knocked [E, W, N], follows [N]; inssd, flips,
                                 valid, curve, summary (three INSSD estimators with intervals, margin strata);
@@ -45,9 +46,22 @@ from mfutils.model.loading import MLLM
 from mfutils.model.prefix import prefix_trace
 from mfutils.study.flow_batches import flow_batches
 
-__all__ = ["windows", "SweepResult", "SWEEP_METHODS", "knockout_sweep"]
+__all__ = ["default_window", "windows", "SweepResult", "SWEEP_METHODS", "knockout_sweep"]
 
 SWEEP_METHODS: tuple[str, ...] = ("prefix", "naive")
+
+
+def default_window(n_layers: int) -> int:
+    """The window size k of a model with ``n_layers`` layers when none is given: ``max(1, round(L / 6))``
+    (ours; the paper's k is unknown). About a sixth of the depth, near Geva et al.'s 9 of 48 layers: 1 for the
+    8-layer tiny model, 5 for SmolLM2's 30 layers, 5 for a 32-layer 7B model. Fixed before any result of the
+    30-layer model was seen (METHOD.md).
+
+    Example: ``default_window(30)`` -> 5
+    """
+    if n_layers < 1:
+        raise ValueError(f"a model needs at least one layer, got {n_layers}")
+    return max(1, round(n_layers / 6))
 
 
 def windows(n_layers: int, k: int) -> list[tuple[int, int]]:

@@ -62,6 +62,13 @@ def training_stream(info: Mapping[str, Any]) -> dict[str, Any] | None:
     Example: ``training_stream(mm.info)["n"]`` -> 115200 for the shipped tiny model.
     """
     cfg = (info.get("card") or {}).get("config") if isinstance(info, Mapping) else None
+    if isinstance(cfg, Mapping) and all(k in cfg for k in ("seed", "b_steps", "b_batch")):
+        # the pretrained-LM model (study.train_smol): stage b's stream; stages a1/a2 saw image-only prompts only
+        seed, steps, batch = int(cfg["seed"]), int(cfg["b_steps"]), int(cfg["b_batch"])
+        return {"seed": seed, "steps": steps, "batch_size": batch, "n": steps * batch,
+                "source": f"mfutils.data.world.make_samples({batch}, {seed}, None, start=step * {batch}, "
+                          f"variant=None) for step in range({steps}) (stage b of mfutils.study.train_smol; stages "
+                          "a1 and a2 drew image-only prompts, not counted here)"}
     if not isinstance(cfg, Mapping) or not all(k in cfg for k in ("seed", "steps", "batch_size")):
         return None
     seed, steps, batch = int(cfg["seed"]), int(cfg["steps"]), int(cfg["batch_size"])

@@ -262,6 +262,7 @@ def train_smol(cfg: SmolTrainConfig, out_dir: Path, *, eval_n: int = 32, command
         "n_parameters": int(sum(p.numel() for p in model.parameters())),
         "train_mix": TRAIN_MIX,
         "variant_mix": VARIANT_MIX,
+        "monitor_n": eval_n,
         "curve": curve,
         "log": points,
         "wall_time_s": round(total, 1),
