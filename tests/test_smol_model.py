@@ -161,3 +161,23 @@ def test_shipped_model_meets_its_targets_at_a_small_n(card: dict) -> None:
     for cat, target in TARGETS.items():
         # 60 fresh samples: the rate's Wilson interval must reach the target (not significantly below it)
         assert res[cat]["hi"] >= target, (cat, res[cat])
+
+
+def test_head_board_is_30_by_9_on_the_shipped_model(card: dict) -> None:
+    from mfutils.data.world import make_split
+    from mfutils.measure.follow import follows
+    from mfutils.model.hooks import active_hooks
+    from mfutils.present.widgets.board import head_board
+
+    mm = load_model("smol")
+    batch = make_split("test", 12)
+    scores = torch.zeros(mm.n_layers, mm.n_heads)
+    scores[29, 8], scores[0, 0] = 1.0, 0.5
+    hb = head_board(mm, scores, batch[:2], batch, identified=[(29, 8), (0, 0)])
+    shown = [w for w in hb.grid.children if w in hb.buttons.values()]
+    assert len(shown) == 30 * 9
+    hb.buttons[(29, 8)].click()                               # block the head: the readout is follows' count
+    assert hb.state == {(29, 8): "blocked"}
+    assert hb.mfr["k"] == int(follows(mm, batch, heads=[(29, 8)], alpha=0.0).sum())
+    hb.reset()
+    assert hb.mfr == hb.base_mfr and active_hooks(mm) == 0

@@ -295,7 +295,7 @@ def resolve_model_path(name: str) -> Path:
     if name.startswith(("/", ".", "~")) or os.sep in name:
         raise ModelNotFoundError(f"model path {str(p)!r} does not exist: pass an existing checkpoint folder")
     raise ModelNotFoundError(
-        f"unknown model {name!r}: use 'tiny' (the shipped default), "
+        f"unknown model {name!r}: use 'smol' (the shipped default), 'tiny' (the from-scratch contrast), "
         f"{', '.join('random:' + a for a in (*RANDOM_ARCHS, *SKELETONS))}, a local checkpoint folder, or a cached "
         "Hugging Face id such as llava-hf/llava-1.5-7b-hf"
     )

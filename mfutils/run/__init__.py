@@ -2,6 +2,9 @@
 
 Modules
 -------
+args
+    Range checks of numbers from the user: the ``mf`` options' argparse types and the chain's ``-p`` parameters.
+    API: count, seed, share, alpha, PARAMETER_KINDS, parameter_problem
 chain
     The notebook chain: run ``notebooks/NN_*.ipynb`` in order with papermill; resumable, checked, traceable.
     API: PLANNED, built_notebooks, describe_chain, run_chain, kernel_name, store_checked_outputs,

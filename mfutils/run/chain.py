@@ -27,7 +27,8 @@ PLANNED                              the notebooks of the study in order, with w
 built_notebooks() -> list[Path]      the source notebooks present in notebooks/
 describe_chain() -> str              built vs planned, one line each
 notebook_parameters(nb) -> dict      the notebook's parameters: name -> (type name, default, help)
-check_parameters(params, nbs)        raise ChainParameterError for an unknown name or a value of the wrong type
+check_parameters(params, nbs)        raise ChainParameterError for an unknown name, a value of the wrong type
+                                     or a number out of range (``mfutils.run.args.parameter_problem``)
 parse_parameter(text) -> (name, value)   ``"n_test=200"`` -> ``("n_test", 200)`` (Python literals; else a string)
 run_chain(model, smoke, only, force, params) -> int   run the chain; returns a process exit code
 kernel_name() -> str                 the Jupyter kernel the chain uses
@@ -52,6 +53,7 @@ from typing import Any
 
 from mfutils.core.paths import atomic_write_text, display_path, figures_dir, notebooks_dir, results_dir
 from mfutils.run import state as records
+from mfutils.run.args import parameter_problem
 
 __all__ = ["PLANNED", "built_notebooks", "describe_chain", "run_chain", "kernel_name", "store_checked_outputs",
            "notebook_parameters", "check_parameters", "parse_parameter", "ChainParameterError"]
@@ -135,7 +137,8 @@ def _type_ok(value: Any, type_name: str) -> bool:
 
 def check_parameters(params: Mapping[str, Any], notebooks: Sequence[Path]) -> None:
     """Raise ``ChainParameterError`` if a parameter is taken by no notebook of ``notebooks`` or has a value
-    whose type differs from the type hint of the ``parameters`` cell of a notebook that takes it.
+    whose type differs from the type hint of the ``parameters`` cell of a notebook that takes it, or a number
+    out of range (a count below 1, a negative seed, a share outside (0, 1]: ``mfutils.run.args``).
 
     Example::
 
@@ -156,6 +159,9 @@ def check_parameters(params: Mapping[str, Any], notebooks: Sequence[Path]) -> No
                     f"parameter {name}={value!r} is a {type(value).__name__}, but notebook {stem} declares "
                     f"{name}: {type_name}. Pass a {type_name}, e.g. -p {name}=<{type_name} literal> "
                     "(strings need no quotes; numbers and True/False are read as Python literals)")
+        problem = parameter_problem(name, value)   # a count below 1, a negative seed, a share outside (0, 1], ...
+        if problem:
+            raise ChainParameterError(problem)
 
 
 def parse_parameter(text: str) -> tuple[str, Any]:

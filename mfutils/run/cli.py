@@ -116,6 +116,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         records = mc2.load_records(args.mc2_json)[: args.n]
         images = mc2.find_images(records, args.coco_root)
         samples, dropped = scorable(mm, mc2.record_samples(records, images, form=args.form))
+        if not samples:
+            print(_unscorable_message(mm.name, len(records), dropped), file=sys.stderr)
+            return 2
         res = evaluate_mc2(mm, samples, batch_size=args.batch_size)
         res.update({"dataset": "mc2", "form": args.form, "mc2_json": args.mc2_json,
                     "mc2_sha256": mc2.file_sha256(args.mc2_json), "n_unscorable": len(dropped)})
@@ -136,6 +139,18 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             print(f"  {cat:15s} {r['rate']:.3f}  [{r['lo']:.3f}, {r['hi']:.3f}]  ({r['k']}/{r['n']})")
     print(json.dumps(res) if args.json else f"  ({res['wall_s']} s)")
     return 0
+
+
+def _unscorable_message(model: str, n_records: int, dropped: Sequence[dict]) -> str:
+    """One line: no sample of the ``n_records`` MC2 records can be scored, with the first reason ``scorable`` gave."""
+    first = dropped[0] if dropped else {"record": "?", "task": "?", "reason": "no samples"}
+    why = first["reason"].split(". ", 1)[0].rstrip(".")
+    if why == first["reason"] and len(why) >= 200:           # scorable keeps 200 characters: end on a whole word
+        why = why.rsplit(" ", 1)[0] + " ..."
+    return (f"error: none of the {len(dropped)} samples of the {n_records} MC2 records can be scored by {model}; "
+            f"first: record {first['record']} ({first['task']}): {why}. Use a model "
+            "whose tokenizer tells the two answers apart (random:<arch> models know only the synthetic world's "
+            "words), or more records (--n)")
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
@@ -169,6 +184,7 @@ def _cmd_store_checked(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from mfutils.study.train import TrainConfig
     from mfutils.data.world import HELDOUT_SEEDS, TRAIN_SEED
+    from mfutils.run.args import count, seed     # checked ranges: a bad number stops argparse with status 2
 
     p = argparse.ArgumentParser(prog="mf", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -185,18 +201,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="", help="checkpoint folder (default: checkpoints/tiny-llava or "
                                             "checkpoints/smol-llava)")
     s.add_argument("--log", default="", help="append every log point as a JSON line to this file (smol)")
-    s.add_argument("--seed", type=int, default=TRAIN_SEED, help="training seed (default: %(default)s)")
-    s.add_argument("--steps", type=int, default=TrainConfig.steps, help="optimiser steps of batch 64 (default: %(default)s)")
-    s.add_argument("--monitor-n", type=int, default=256, help="samples per category for the training curve")
-    s.add_argument("--eval-n", type=int, default=1000, help="held-out samples per category for the card")
-    s.add_argument("--eval-seed", type=int, default=HELDOUT_SEEDS["eval"], help="held-out seed for the card")
+    s.add_argument("--seed", type=seed, default=TRAIN_SEED, help="training seed (default: %(default)s)")
+    s.add_argument("--steps", type=count, default=TrainConfig.steps, help="optimiser steps of batch 64 (default: %(default)s)")
+    s.add_argument("--monitor-n", type=count, default=256, help="samples per category for the training curve")
+    s.add_argument("--eval-n", type=count, default=1000, help="held-out samples per category for the card")
+    s.add_argument("--eval-seed", type=seed, default=HELDOUT_SEEDS["eval"], help="held-out seed for the card")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("card", help="(re)write the model card of a checkpoint")
     s.add_argument("--model", default="checkpoints/tiny-llava", help="checkpoint folder (default: %(default)s)")
-    s.add_argument("--n", type=int, default=1000, help="held-out samples per category")
-    s.add_argument("--seed", type=int, default=HELDOUT_SEEDS["eval"], help="held-out seed")
+    s.add_argument("--n", type=count, default=1000, help="held-out samples per category")
+    s.add_argument("--seed", type=seed, default=HELDOUT_SEEDS["eval"], help="held-out seed")
     s.set_defaults(func=_cmd_card)
 
     s = sub.add_parser("eval", help="accuracy per category with n and 95%% intervals",
@@ -210,9 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--coco-root", default="", help="folder of the MS-COCO 2014 images (with --dataset mc2)")
     s.add_argument("--form", choices=("open", "mc"), default="open",
                    help="MC2: open-ended answers (candidate lists) or A/B options in both orders (default: %(default)s)")
-    s.add_argument("--n", type=int, default=1000, help="fresh samples per category / MC2 records (default: %(default)s)")
-    s.add_argument("--seed", type=int, default=HELDOUT_SEEDS["eval"], help="sample seed (default: %(default)s)")
-    s.add_argument("--batch-size", type=int, default=128)
+    s.add_argument("--n", type=count, default=1000, help="fresh samples per category / MC2 records (default: %(default)s)")
+    s.add_argument("--seed", type=seed, default=HELDOUT_SEEDS["eval"], help="sample seed (default: %(default)s)")
+    s.add_argument("--batch-size", type=count, default=128, help="samples per forward (default: %(default)s)")
     s.add_argument("--device", default="cpu", help="'cpu', 'cuda' or 'auto' (accelerate over the GPUs; default: %(default)s)")
     s.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     s.set_defaults(func=_cmd_eval)

@@ -10,7 +10,7 @@ Forwards(mm, samples)           per sample, computed once: ``.enc(i)``, ``.targe
                                 (``mfutils.measure.follow.follows`` on that sample)
 answer_summary(mm, sample, logits, followed, targets=None) -> dict   probs, margin, prediction of one sample
 sample_dropdown(samples) -> Dropdown         the sample chooser (class ``mf-sample``)
-image_png(image, size=192) -> bytes          a sample image as PNG
+image_png(image, size=192) -> bytes          a sample image (PIL, array or file path) as PNG
 readout(css_class) -> HTML                   an empty HTML readout with a CSS class (``mf-busy``: busy_label())
 distribution_html(sample, columns) -> str    candidate probabilities as bars, one column per run
 margin_text(summary) -> str                  "P(instructed ...), margin ..., answer ... (follows ...)"
@@ -31,8 +31,10 @@ import asyncio
 import html
 import io
 import math
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import ipywidgets as widgets
@@ -44,7 +46,7 @@ from mfutils.measure.answers import Targets, answer_logits, targets_for
 from mfutils.measure.follow import Head, follows
 from mfutils.measure.margins import margins
 from mfutils.measure.prepared import Batch, Prepared, prepare
-from mfutils.model.groups import Encoded
+from mfutils.model.groups import Encoded, load_image
 from mfutils.model.hooks import scale_heads
 from mfutils.model.loading import MLLM
 
@@ -71,9 +73,18 @@ def sample_dropdown(samples: Sequence[Sample], description: str = "sample") -> w
 
 
 def image_png(image: Any, size: int = 192) -> bytes:
-    """A PIL image or an HxWx3 uint8 array as PNG bytes, resized to ``size`` x ``size`` (nearest)."""
+    """A PIL image, an HxWx3 uint8 array or an image file (``str`` / ``Path``: an MC2 sample's COCO image, as
+    ``mfutils.data.mc2.find_images`` gives it) as PNG bytes, resized to ``size`` x ``size`` (nearest).
+    A missing file raises ``FileNotFoundError`` naming it."""
     from PIL import Image
 
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        if not path.is_file():
+            raise FileNotFoundError(f"the sample's image file {path} does not exist: MC2 images are read from the "
+                                    "COCO root the samples were built with (coco_root); put the image back or "
+                                    "rebuild the samples (mfutils.data.mc2.find_images)")
+        image = load_image(path)
     img = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
     buf = io.BytesIO()
     img.convert("RGB").resize((size, size), Image.NEAREST).save(buf, format="PNG")
