@@ -136,15 +136,30 @@ def test_candidate_scoring_equals_a_direct_softmax(arch: str) -> None:
         assert bool(follows(logits[b:b + 1], t.subset([b]))[0]) == (best in pos_w)
 
 
-def test_identical_first_tokens_are_a_clear_error() -> None:
-    mm = random_model("llava", words=["red", "blue"], n_layers=1)
+def test_unscorable_samples_say_their_real_cause() -> None:
+    """Unknown words, an empty side and shared first tokens are three causes, each named (issue 16, item 2)."""
+    from mfutils.measure.answers import CandidateOverlapError, UnscorableError
+
+    mm = random_model("llava", words=["red", "blue", "star", "circle"], n_layers=1)
     rec = {"image_id": "1", "task": "color", "question": "q", "answer_vision": "crimson", "answer_text": "scarlet",
            "context": "c"}
     s = mc2.record_samples([rec], [np.zeros((64, 64, 3), dtype=np.uint8)])   # both words are <unk>
-    with pytest.raises(ValueError, match=r"sample 0 \(color\).*cannot be told apart"):
+    with pytest.raises(UnscorableError, match=r"sample 0 \(color\): the image-side candidates \['crimson', "
+                       r"'Crimson'\] have no first token that carries content.*unknown to it") as err:
         targets_from_candidates(mm, s)
-    kept, dropped = mc2_eval.scorable(mm, s)
-    assert kept == [] and len(dropped) == 2 and dropped[0]["record"] == 0
+    assert err.value.cause == "unknown_token"
+    shared = [replace(x, answer_img_candidate_list=("red star",), answer_text_candidate_list=("red circle",)) for x in s]
+    with pytest.raises(CandidateOverlapError, match=r"sample 0 \(color\).*cannot be told apart") as err:
+        targets_from_candidates(mm, shared[:1])
+    assert err.value.cause == "shared_first_token"
+    empty = [replace(x, answer_img_candidate_list=(), answer_text_candidate_list=("crimson",)) for x in s]
+    with pytest.raises(UnscorableError, match="the image-side candidates are empty") as err:
+        targets_from_candidates(mm, empty[:1])
+    assert err.value.cause == "empty_side"                     # before the text side's unknown word
+    kept, dropped = mc2_eval.scorable(mm, s + shared + empty)
+    assert kept == [] and [d["cause"] for d in dropped] == ["unknown_token"] * 2 + ["shared_first_token"] * 2 + [
+        "empty_side"] * 2
+    assert dropped[0]["record"] == 0 and dropped[0]["reason"].startswith("the image-side candidates ['crimson'")
 
 
 # ---- malformed records: any corruption is rejected with the record's index ---------------------------

@@ -44,8 +44,10 @@ def test_build_splits_keeps_what_keep_accepts(filters: bool) -> None:
     halves = mc2._halves(len(recs))
     assert [c[0] for c in calls] == [halves["identify"], halves["test"]]          # one probe per record, in order
     assert [c[1] for c in calls] == [32, 32]                                      # max(4 * need, 32)
-    assert list(info) == ["form", "model_filter", "halves", "unscorable"] + (["filter"] if filters else [])
+    assert list(info) == ["form", "model_filter", "halves", "unscorable"] + (["filter"] if filters else []) + [
+        "unscorable_by_cause"]
     assert info["model_filter"] is filters and len(info["unscorable"]) == 20
+    assert info["unscorable_by_cause"] == {"other": 20}            # the stub's drops name no cause
     assert all(s.index % 2 == 0 for ss in splits.values() for s in ss)
     assert [s.index for s in splits["test"]] == [r for r in halves["test"] if r % 2 == 0][:4]
 
@@ -53,7 +55,7 @@ def test_build_splits_keeps_what_keep_accepts(filters: bool) -> None:
 def test_model_keep_and_the_manifest_entry_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from PIL import Image
 
-    from mfutils.data.datasets import load_split
+    from mfutils.data.datasets import SplitTooSmallError, load_split
     from mfutils.model.loading import random_model
     from mfutils.study.mc2_eval import model_keep, scorable
     from mfutils.study.splits import write_manifest
@@ -68,12 +70,18 @@ def test_model_keep_and_the_manifest_entry_point(tmp_path: Path, monkeypatch: py
         Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(tmp_path / f"{r['image_id']}.jpg")
     (tmp_path / "mc2.json").write_text(__import__("json").dumps(recs))
     sizes = {"identify": 2, "test": 2}
+    # the random model knows none of the 8 records from each modality alone: the filtered splits are empty, an
+    # error that says so (item 3 of issue 16: a split far below its size is never silent)
+    with pytest.raises(SplitTooSmallError, match=r"split 'identify' has 0 samples, 2 were asked for.*the per-model "
+                       r"filter kept 0 of the 4 records it probed.*model_filter=False"):
+        write_manifest("random:llava", sizes, dataset="mc2", mc2_json=str(tmp_path / "mc2.json"),
+                       coco_root=str(tmp_path), mm=mm)
     man = write_manifest("random:llava", sizes, dataset="mc2", mc2_json=str(tmp_path / "mc2.json"),
-                         coco_root=str(tmp_path), mm=mm)
-    assert man["filtered_for"] == "random:llava" and man["build"]["model_filter"] is True
-    assert set(man["build"]["filter"]) == {"identify", "test"}
+                         coco_root=str(tmp_path), mm=mm, model_filter=False)
+    assert man["filtered_for"] is None and man["build"]["model_filter"] is False and "filter" not in man["build"]
+    assert man["model_filter"] == {"asked": False, "default": True, "applied": False}
     for name in sizes:
-        assert len(load_split("random:llava", name)) == man["splits"][name]["n"] <= sizes[name]
+        assert len(load_split("random:llava", name)) == man["splits"][name]["n"] == sizes[name]
     plain = write_manifest("random:llava", sizes, dataset="mc2", mc2_json=str(tmp_path / "mc2.json"),
                            coco_root=str(tmp_path))
     assert plain["filtered_for"] is None and plain["build"]["model_filter"] is False

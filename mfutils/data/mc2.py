@@ -1,26 +1,33 @@
 """The MC2 modality-conflict benchmark (arXiv 2505.20977) as a dataset of the chain: records, COCO images, samples.
 
-MC2's evaluation file (``evaluate_final.json``: 2,000 records of image_id, task, question, answer_vision,
-answer_text, context) is read from a path the user gives; its COCO 2014 images from a COCO root. Each record
-becomes samples of the same ``mfutils.data.sample.Sample`` type the notebooks use: prompt segments image,
-context, instruction, question, constraint (MC2's order: the text context, then the instruction, then the
-question, after the image), with candidate-answer lists for each side, so every measure of the chain applies
-unchanged (``mfutils.measure.answers.targets_for`` dispatches on the candidate lists).
+MC2 records are read from a file the user gives, in either published format (``mfutils.data.mc2_files``, told
+apart by their fields): MC2's evaluation file (``evaluate_final.json``: 2,000 records of image_id, task,
+question, answer_vision, answer_text, context), or one of the Instruction Anchor authors' per-model filtered
+files (one instruction per file; each record holds its instruction sentence, question, format suffix and
+alternate answers). The COCO 2014 images come from a COCO root. Each record becomes samples of the same
+``mfutils.data.sample.Sample`` type the notebooks use: prompt segments image, context, instruction, question,
+constraint (MC2's order: the text context, then the instruction, then the question, after the image), with
+candidate-answer lists for each side, so every measure of the chain applies unchanged
+(``mfutils.measure.answers.targets_for`` dispatches on the candidate lists).
 
-Choices that are ours (MC2's paper gives the form, not these exact strings): the two instruction sentences
-``FOLLOW_IMAGE`` / ``FOLLOW_TEXT``; the candidate list of an answer is the answer as written and with a
-capital first letter (``candidate_list``); the text-only counterpart shows a plain grey image.
+Choices that are ours (MC2's paper gives the form, not these exact strings), for MC2's own file: the two
+instruction sentences ``FOLLOW_IMAGE`` / ``FOLLOW_TEXT``; the candidate list of an answer is the answer as written
+and with a capital first letter (``candidate_list``). For an authors' file: the file's own instruction sentence,
+question and suffix (``question_form``), and each side's candidates from the file (``mc2_files.side_candidates``);
+such a record has only its file's instruction. Both: the text-only counterpart shows a plain grey image.
 
 Public API
 ----------
-MC2_FIELDS                            the fields of a record and their type
+MC2_FIELDS                            the fields of an evaluate_final.json record and their type (mc2_files)
 FOLLOW_IMAGE, FOLLOW_TEXT             the instruction sentences (one each)
 CONSTRAINT_OPEN, CONSTRAINT_MC        the format constraints of the open-ended and the A/B forms
-load_records(path) -> list[dict]      read and validate every record (MC2FormatError names index and field)
+load_records(path) -> list[dict]      read and validate every record, either format (MC2FormatError names index
+                                      and field); read_records(path) -> (records, info) adds the file's report
 find_images(records, coco_root) -> list[Path]   one image file per record (MissingImagesError lists them)
 file_sha256(path) -> str
 candidate_list(answer) -> tuple[str, ...]
 record_samples(records, images, ...) -> list[Sample]   open-ended or A/B (both option orders) samples
+instructions_of(record) -> tuple[str, ...]       the instructions a record has samples for
 counterparts_mc2(sample) -> (image_only, text_only)
 Keep                                  keep(probe, limit) -> (kept, dropped, report | None): a model's filter
 build_splits(records, images, sizes, keep=None) -> (splits, info)   the chain's named splits from MC2
@@ -39,25 +46,24 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from mfutils.data.mc2_files import MC2_FIELDS, MC2FormatError, file_sha256, load_records, read_records
+from mfutils.data.mc2_files import validate_mc2 as _validate  # noqa: F401  (the MC2-format validator)
 from mfutils.data.prompts import Prompt
 from mfutils.data.sample import Sample
 
 __all__ = [
     "MC2_FIELDS", "FOLLOW_IMAGE", "FOLLOW_TEXT", "CONSTRAINT_OPEN", "CONSTRAINT_MC", "SYSTEM_SENTENCE",
     "MC2FormatError", "MissingImagesError", "load_records", "find_images", "file_sha256", "candidate_list",
-    "record_samples", "counterparts_mc2", "Keep", "build_splits", "split_samples", "SPLIT_SEED",
+    "record_samples", "counterparts_mc2", "Keep", "build_splits", "split_samples", "SPLIT_SEED", "read_records",
+    "instructions_of",
 ]
 
-MC2_FIELDS: dict[str, type] = {"image_id": str, "task": str, "question": str, "answer_vision": str,
-                               "answer_text": str, "context": str}
 # One sentence each, placed after the context and before the question (ours, of MC2's stated form).
 FOLLOW_IMAGE = "If the text context and the image disagree, follow the image rather than the text context."
 FOLLOW_TEXT = "If the text context and the image disagree, follow the text context rather than the image."
@@ -74,71 +80,8 @@ GREY = 128
 Keep = Callable[[list[Sample], int], tuple[list[Sample], list[dict[str, Any]], dict[str, Any] | None]]
 
 
-class MC2FormatError(ValueError):
-    """A record of the MC2 file with a missing field or a wrong type; names the record's index."""
-
-
 class MissingImagesError(FileNotFoundError):
     """COCO images that the records need are not under the COCO root."""
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """sha256 of a file's bytes."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def _validate(records: Any, source: str) -> list[dict[str, str]]:
-    if not isinstance(records, list):
-        raise MC2FormatError(f"{source}: the MC2 file must hold a JSON list of records, got {type(records).__name__}")
-    out = []
-    for i, r in enumerate(records):
-        if not isinstance(r, dict):
-            raise MC2FormatError(f"{source}: record {i} is a {type(r).__name__}, not an object with fields "
-                                 f"{list(MC2_FIELDS)}")
-        clean: dict[str, str] = {}
-        for name, typ in MC2_FIELDS.items():
-            if name not in r:
-                raise MC2FormatError(f"{source}: record {i} has no field {name!r} (it has {sorted(r)}); every "
-                                     f"record needs {list(MC2_FIELDS)}")
-            v = r[name]
-            if name == "image_id" and isinstance(v, int) and not isinstance(v, bool) and v >= 0:
-                v = f"{v:012d}"                               # a numeric COCO id: the 12-digit form
-            if not isinstance(v, typ):
-                raise MC2FormatError(f"{source}: record {i} field {name!r} is a {type(v).__name__} ({v!r:.60}), "
-                                     f"expected {typ.__name__}")
-            if not v.strip():
-                raise MC2FormatError(f"{source}: record {i} field {name!r} is empty")
-            if name == "image_id" and not v.strip().isdigit():
-                raise MC2FormatError(f"{source}: record {i} field 'image_id' is {v!r}, expected the digits of a "
-                                     "COCO image id")
-            clean[name] = v.strip()
-        if clean["answer_vision"].lower() == clean["answer_text"].lower():
-            raise MC2FormatError(f"{source}: record {i} has the same answer for the image and the text "
-                                 f"({clean['answer_vision']!r}): no conflict to study")
-        out.append(clean)
-    return out
-
-
-def load_records(path: str | os.PathLike[str]) -> list[dict[str, str]]:
-    """Read and validate the MC2 file; every field of every record is checked.
-
-    Returns a list of dicts with the ``MC2_FIELDS`` (strings, stripped; a numeric ``image_id`` is written as
-    12 digits). Raises ``FileNotFoundError`` for a missing file and ``MC2FormatError`` naming the record index
-    and the field for a missing field, a wrong type or an empty value.
-
-    Example::
-
-        records = load_records("../shared/mc2/evaluate_final.json")     # 2,000 records
-    """
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise FileNotFoundError(f"MC2 file {p} not found: pass --mc2-json / mc2_json=<path to evaluate_final.json> "
-                                "(from github.com/EchoDreamer/Modality-Preference, data/evaluate_final.json)")
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise MC2FormatError(f"{p} is not valid JSON: {exc}") from exc
-    return _validate(data, str(p))
 
 
 def _image_names(image_id: str) -> list[str]:
@@ -186,13 +129,30 @@ def candidate_list(answer: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys([a, a[:1].upper() + a[1:]]))
 
 
-def _sample(record: dict[str, str], rec_index: int, image: Any, instructed: str, form: str, order: str,
+def instructions_of(record: dict[str, Any]) -> tuple[str, ...]:
+    """The instructions a record has samples for: both for MC2's own records, the file's one for an authors'
+    record (``record["instructed"]``)."""
+    own = record.get("instructed")
+    return ("image", "text") if own is None else (own,)
+
+
+def _sample(record: dict[str, Any], rec_index: int, image: Any, instructed: str, form: str, order: str,
             variant: str) -> Sample:
-    inst = FOLLOW_IMAGE if instructed == "image" else FOLLOW_TEXT
+    own = record.get("instructed")            # an authors' record: the file's instruction, question form, lists
+    if own is not None and instructed != own:
+        raise ValueError(f"record {rec_index} (image {record['image_id']}) comes from a file for the follow-{own} "
+                         f"instruction: it has no follow-{instructed} sample")
+    if own is None:
+        inst = FOLLOW_IMAGE if instructed == "image" else FOLLOW_TEXT
+    else:
+        inst = record["instruction"]
     av, at = record["answer_vision"], record["answer_text"]
     if form == "open":
-        question, constraint = record["question"], CONSTRAINT_OPEN
-        img_c, txt_c = candidate_list(av), candidate_list(at)
+        question, constraint = record["question"], record.get("constraint", CONSTRAINT_OPEN)
+        if own is None:
+            img_c, txt_c = candidate_list(av), candidate_list(at)
+        else:
+            img_c, txt_c = tuple(record["image_candidates"]), tuple(record["text_candidates"])
         image_answer, text_answer = av, at
     elif form == "mc":
         a, b = (av, at) if order == "AB" else (at, av)
@@ -209,23 +169,26 @@ def _sample(record: dict[str, str], rec_index: int, image: Any, instructed: str,
     if variant not in names:
         raise ValueError(f"unknown variant {variant!r}; use one of {sorted(names)}")
     answer, other = (image_answer, text_answer) if instructed == "image" else (text_answer, image_answer)
+    meta: dict[str, object] = {"record": rec_index, "image_id": record["image_id"], "task": record["task"],
+                               "form": form, "order": order}
+    if own is not None:
+        meta["format"] = "authors"
     return Sample(
         seed=-1, index=rec_index, category=f"follow_{instructed}", attribute=record["task"], variant=variant,
         prompt=Prompt(tuple((n, segs[n]) for n in names[variant]), image), answer=answer,
         image_answer=image_answer, text_answer=text_answer, other_answer=other, instructed=instructed,
         template=0 if instructed == "image" else 1, heldout_template=False, candidates=(*img_c, *txt_c),
-        answer_img_candidate_list=img_c, answer_text_candidate_list=txt_c, source="mc2",
-        meta={"record": rec_index, "image_id": record["image_id"], "task": record["task"], "form": form,
-              "order": order},
+        answer_img_candidate_list=img_c, answer_text_candidate_list=txt_c, source="mc2", meta=meta,
     )
 
 
-def record_samples(records: Sequence[dict[str, str]], images: Sequence[Any], *, indices: Sequence[int] | None = None,
-                   instructions: Sequence[str] = ("image", "text"), form: str = "open",
+def record_samples(records: Sequence[dict[str, Any]], images: Sequence[Any], *, indices: Sequence[int] | None = None,
+                   instructions: Sequence[str] | None = None, form: str = "open",
                    variant: str = "standard") -> list[Sample]:
     """Samples of the records: one per record and instruction (``form="open"``), or two per record and
     instruction, the options A/B in both orders (``form="mc"``). ``images``: one image (path, PIL image or
-    array) per record; ``indices``: the record indices the records carry (default 0..n-1).
+    array) per record; ``indices``: the record indices the records carry (default 0..n-1); ``instructions``:
+    default each record's (``instructions_of``: both for MC2's own file, the file's one for an authors' file).
 
     Example::
 
@@ -236,7 +199,8 @@ def record_samples(records: Sequence[dict[str, str]], images: Sequence[Any], *, 
     idx = list(range(len(records))) if indices is None else list(indices)
     orders = ("AB", "BA") if form == "mc" else ("",)
     return [_sample(r, i, img, ins, form, o, variant)
-            for r, i, img in zip(records, idx, images) for ins in instructions for o in orders]
+            for r, i, img in zip(records, idx, images)
+            for ins in (instructions_of(r) if instructions is None else instructions) for o in orders]
 
 
 def counterparts_mc2(sample: Sample) -> tuple[Sample, Sample]:
@@ -287,23 +251,53 @@ def split_samples(name: str, records: Sequence[dict[str, str]], images: Sequence
     out = []
     for rec, what, order in keys:
         if kind == "capability":
-            base = _sample(records[rec], rec, images[rec], "image", form, order, "standard")
+            base = _sample(records[rec], rec, images[rec], instructions_of(records[rec])[0], form, order, "standard")
             out.append(counterparts_mc2(base)[0 if what == "image_only" else 1])
         else:
             out.append(_sample(records[rec], rec, images[rec], what, form, order, variant))
     return out
 
 
-def build_splits(records: Sequence[dict[str, str]], images: Sequence[Any], sizes: dict[str, int], *,
+def _conflict_keys(recs: Sequence[int], records: Sequence[dict[str, Any]], form: str,
+                   flip: int) -> list[tuple[int, str, str]]:
+    """Keys of conflict samples: MC2's own records alternate the instructions (``flip`` swaps them), an authors'
+    record has its file's instruction."""
+    keys: list[tuple[int, str, str]] = []
+    for j, r in enumerate(recs):
+        own = records[r].get("instructed")
+        ins = own if own is not None else ("image", "text")[(j + flip) % 2]
+        for o in (("AB", "BA") if form == "mc" else ("",)):
+            keys.append((r, ins, o))
+    return keys
+
+
+def _merge_reports(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Two filter reports of successive rounds as one: counts added, tables merged, lists joined."""
+    out = dict(a)
+    for k, v in b.items():
+        if k not in out:
+            out[k] = v
+        elif isinstance(v, dict):
+            out[k] = _merge_reports(out[k], v)
+        elif isinstance(v, (int, float, list)) and not isinstance(v, bool):
+            out[k] = out[k] + v
+    return out
+
+
+def build_splits(records: Sequence[dict[str, Any]], images: Sequence[Any], sizes: dict[str, int], *,
                  keep: Keep | None = None, form: str = "open") -> tuple[dict[str, list[Sample]], dict[str, Any]]:
     """The chain's named splits from MC2 records: ``identify`` on one half of the records (fixed permutation,
     ``SPLIT_SEED``), the others on the other half; ``test_system`` / ``test_instruction_last`` are the MC2
     analogues of the world's C11 controls (a system sentence first / the instruction last), ``capability``
-    the image-only and text-only counterparts (C7). Instructions alternate per record. With ``keep`` (a
-    ``Keep``; ``mfutils.study.mc2_eval.model_keep(mm)``) each half keeps only the records ``keep`` accepts:
-    it drops those the model cannot score and, when it filters, those it does not know from each modality
-    alone, among the first ``max(4 * need, 32)`` scorable records of the half. Each split takes its first
-    ``sizes[name]`` samples. Returns the splits and a report (what was dropped and why).
+    the image-only and text-only counterparts (C7). Instructions alternate per record of MC2's own file; an
+    authors' record keeps its file's instruction, and then ``fail_pool`` takes the test half's records that
+    ``test`` does not use (it cannot flip the instruction). With ``keep`` (a ``Keep``;
+    ``mfutils.study.mc2_eval.model_keep(mm)``) each half keeps only the records ``keep`` accepts: it drops those
+    the model cannot score and, when it filters, those it does not know from each modality alone, among the
+    first ``max(4 * need, 32)`` scorable records of the half (and the next ones, round by round, while fewer than
+    ``need`` pass and records are left). Each split takes its first ``sizes[name]``
+    samples. Returns the splits and a report (what was dropped and why; ``unscorable_by_cause`` counts the
+    dropped samples per cause of ``mfutils.measure.answers.UNSCORABLE_CAUSES``).
 
     Example::
 
@@ -318,28 +312,44 @@ def build_splits(records: Sequence[dict[str, str]], images: Sequence[Any], sizes
     if keep is not None:
         for half, recs in halves.items():
             need = max((n for s, n in sizes.items() if _SPLITS[s][0] == half), default=0)
-            probe = [_sample(records[r], r, images[r], "image", form, "AB", "standard") for r in recs]
-            # filter only as many records as the splits can use (x4 margin for the filter's losses)
-            ok, dropped, report = keep(probe, max(need * 4, 32))
+            probe = [_sample(records[r], r, images[r], instructions_of(records[r])[0], form, "AB", "standard")
+                     for r in recs]
+            # filter only as many records as the splits can use (x4 margin for the filter's losses); while the
+            # filter leaves fewer than the splits need, filter the next records of the half
+            limit = max(need * 4, 32)
+            ok, dropped, report = keep(probe, limit)
             info.setdefault("unscorable", []).extend(dropped)
+            gone = {int(d["record"]) for d in dropped}
+            rest = [s for s in probe if s.index not in gone][limit:]
+            while report is not None and len(ok) < need and rest:
+                limit = max((need - len(ok)) * 4, 32)
+                more, _, again = keep(rest, limit)
+                ok, report, rest = ok + more, _merge_reports(report, again or {}), rest[limit:]
             if report is not None:
                 info["model_filter"] = True
                 info.setdefault("filter", {})[half] = report
             allowed[half] = {s.index for s in ok}
+        causes: dict[str, int] = {}
+        for d in info["unscorable"]:
+            causes[str(d.get("cause", "other"))] = causes.get(str(d.get("cause", "other")), 0) + 1
+        info["unscorable_by_cause"] = causes
+    kept = {half: [r for r in recs if r in allowed[half]] for half, recs in halves.items()}
+    # the records the test split uses: an authors' record in them is not repeated in fail_pool
+    in_test = {k[0] for k in _conflict_keys(kept["test"], records, form, 0)[: sizes.get("test", 0)]}
     splits: dict[str, list[Sample]] = {}
     for name, n in sizes.items():
         half, variant, kind = _SPLITS[name]
-        recs = [r for r in halves[half] if r in allowed[half]]
-        keys: list[tuple[int, str, str]] = []
-        for j, r in enumerate(recs):
-            if kind == "capability":
-                keys.append((r, ("image_only", "text_only")[j % 2], ""))
-            else:
-                # fail_pool comes from the same half as test, with each record's OTHER instruction (ours): so the
-                # two never share a sample (notebook 02 sweeps test + the failures of fail_pool together) and a
-                # filtered half too small for two disjoint record sets still yields a pool
-                flip = 1 if name == "fail_pool" else 0
-                for o in (("AB", "BA") if form == "mc" else ("",)):
-                    keys.append((r, ("image", "text")[(j + flip) % 2], o))
+        recs = kept[half]
+        if kind == "capability":
+            keys = [(r, ("image_only", "text_only")[j % 2], "") for j, r in enumerate(recs)]
+        elif name == "fail_pool":
+            # fail_pool comes from the same half as test, with each record's OTHER instruction (ours): so the
+            # two never share a sample (notebook 02 sweeps test + the failures of fail_pool together) and a
+            # filtered half too small for two disjoint record sets still yields a pool. An authors' record has
+            # one instruction: the pool takes those test leaves out.
+            keys = _conflict_keys([r for r in recs if "instructed" not in records[r] or r not in in_test],
+                                  records, form, 1)
+        else:
+            keys = _conflict_keys(recs, records, form, 0)
         splits[name] = split_samples(name, records, images, keys[:n], form=form)
     return splits, info

@@ -5,8 +5,8 @@ Modules
 -------
 answers
     What counts as an answer: candidate token ids, targets per sample, and the answer-position logits.
-    API: candidate_ids, first_token_ids, Targets, targets_for, targets_from_candidates, CandidateOverlapError,
-         answer_logits
+    API: candidate_ids, FirstToken, first_tokens, first_token_ids, answer_tokens, Targets, targets_for,
+         targets_from_candidates, UNSCORABLE_CAUSES, UnscorableError, CandidateOverlapError, answer_logits
 follow
     Does the model follow the instruction? The one path for every MFR, failure search, readout and evaluation.
     API: Head, POSITIONS, check_heads, follows, scaled_logits, FlagCache
@@ -19,6 +19,9 @@ prefix
 prepared
     Samples encoded once and reused across interventions, and the one batch loop that survives out of memory.
     API: Batch, Prepared, prepare, batches, n_batches, samples_of, per_batch, NOT_RUN
+sequence
+    Full-sequence candidate scoring: the teacher-forced log-probability of every token of each candidate answer.
+    API: sequence_logprobs, side_words, sequence_margins
 stats
     Intervals for every reported number.
     API: wilson, bootstrap_ci, summarize, proportion, rate, spread, relative_change, relative_drop,

@@ -120,8 +120,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             print(_unscorable_message(mm.name, len(records), dropped), file=sys.stderr)
             return 2
         res = evaluate_mc2(mm, samples, batch_size=args.batch_size)
+        causes: dict[str, int] = {}
+        for d in dropped:
+            causes[d["cause"]] = causes.get(d["cause"], 0) + 1
         res.update({"dataset": "mc2", "form": args.form, "mc2_json": args.mc2_json,
-                    "mc2_sha256": mc2.file_sha256(args.mc2_json), "n_unscorable": len(dropped)})
+                    "mc2_sha256": mc2.file_sha256(args.mc2_json), "n_unscorable": len(dropped),
+                    "unscorable_by_cause": causes})
         cats: Sequence[str] = ("follow_image", "follow_text", "image_only", "text_only")
     else:
         res = evaluate(mm, n=args.n, seed=args.seed, batch_size=args.batch_size, progress=not args.json)
@@ -131,7 +135,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.model.startswith("random:"):
         res["note"] = "random weights: smoke only"
     if not args.json:
-        what = (f"{res['n_records']} MC2 records ({args.form} form; {res.get('n_unscorable', 0)} samples unscorable)"
+        why = "".join(f", {k} {v}" for k, v in res.get("unscorable_by_cause", {}).items())
+        what = (f"{res['n_records']} MC2 records ({args.form} form; {res.get('n_unscorable', 0)} samples unscorable{why})"
                 if args.dataset == "mc2" else f"{args.n} fresh samples per category, seed {args.seed}")
         print(f"{mm.name}: {what} (Wilson 95% intervals)")
         for cat in cats:

@@ -6,7 +6,7 @@ candidates is its answer), the one path of the package.
 
 Public API
 ----------
-scorable(mm, samples) -> (kept, dropped)          samples whose two sides have distinct first tokens
+scorable(mm, samples) -> (kept, dropped)          the samples mm can score; the others with their cause
 filter_for_model(mm, samples) -> (kept, report)   the paper's per-model filter (knows both answers)
 model_keep(mm, model_filter=True) -> mc2.Keep     the filter that ``mc2.build_splits(keep=...)`` applies
 evaluate_mc2(mm, samples) -> dict     MFR per instruction and single-modality accuracy, with intervals
@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 from mfutils.data.mc2 import Keep, counterparts_mc2
 from mfutils.data.sample import Sample
-from mfutils.measure.answers import CandidateOverlapError, targets_from_candidates
+from mfutils.measure.answers import UnscorableError, targets_from_candidates
 from mfutils.measure.follow import follows
 from mfutils.measure.stats import proportion
 from mfutils.model.loading import MLLM
@@ -32,19 +32,22 @@ __all__ = ["scorable", "filter_for_model", "model_keep", "evaluate_mc2"]
 
 
 def scorable(mm: MLLM, samples: Sequence[Sample]) -> tuple[list[Sample], list[dict[str, Any]]]:
-    """Split ``samples`` into those whose two sides' candidates have distinct first tokens for ``mm`` and the
-    dropped ones (record, task, reason).
+    """Split ``samples`` into those ``mm`` can score (``targets_from_candidates``: each side has a first token
+    that carries content and is not the other side's) and the dropped ones (record, task, cause, reason); the
+    cause is one of ``mfutils.measure.answers.UNSCORABLE_CAUSES`` (empty_side, unknown_token, no_content_token,
+    shared_first_token).
 
     Example::
 
-        kept, dropped = scorable(mm, samples)        # dropped: [{"record": 3, "task": "color", "reason": ...}]
+        kept, dropped = scorable(mm, samples)   # dropped: [{"record": 3, "task": "color", "cause": "empty_side", ...}]
     """
     kept, dropped = [], []
     for s in samples:
         try:
             targets_from_candidates(mm, [s])
-        except CandidateOverlapError as exc:
-            dropped.append({"record": s.index, "task": s.attribute, "reason": str(exc).split(":", 1)[-1].strip()[:200]})
+        except UnscorableError as exc:
+            dropped.append({"record": s.index, "task": s.attribute, "cause": exc.cause,
+                            "reason": str(exc).split(":", 1)[-1].strip()[:200]})
         else:
             kept.append(s)
     return kept, dropped
