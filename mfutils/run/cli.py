@@ -94,8 +94,16 @@ def _cmd_card(args: argparse.Namespace) -> int:
     from mfutils.core.paths import display_path
     from mfutils.present.card import write_card
 
-    write_card(Path(args.model), n=args.n, seed=args.seed)
-    print(f"wrote {display_path(Path(args.model) / 'MODEL_CARD.md')}")
+    from mfutils.model.smol import is_parts_folder
+
+    folder = Path(args.model)
+    if is_parts_folder(folder):              # the pretrained-LM model (mf train --model smol)
+        from mfutils.present.card_smol import write_smol_card
+
+        write_smol_card(folder, n=args.n, seed=args.seed)
+    else:
+        write_card(folder, n=args.n, seed=args.seed)
+    print(f"wrote {display_path(folder / 'MODEL_CARD.md')}")
     return 0
 
 
@@ -215,7 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("card", help="(re)write the model card of a checkpoint")
-    s.add_argument("--model", default="checkpoints/tiny-llava", help="checkpoint folder (default: %(default)s)")
+    s.add_argument("--model", default="checkpoints/tiny-llava",
+                   help="checkpoint folder, a full one (tiny) or a parts one (checkpoints/smol-llava) "
+                        "(default: %(default)s)")
     s.add_argument("--n", type=count, default=1000, help="held-out samples per category")
     s.add_argument("--seed", type=seed, default=HELDOUT_SEEDS["eval"], help="held-out seed")
     s.set_defaults(func=_cmd_card)
