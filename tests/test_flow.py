@@ -343,3 +343,25 @@ def test_failed_samples_by_kind(mm: MLLM, monkeypatch: pytest.MonkeyPatch) -> No
     with pytest.raises(ValueError, match="arbitration"):
         subset_masks(sweep, np.zeros(3, dtype=bool))
     assert not arbitration_failures(mm, pool, np.ones(5, dtype=bool)).any() and seen == [3, 3]
+
+
+def test_windows_with_a_stride_tile_the_depth() -> None:
+    from mfutils.study.knockout import default_window, windows
+
+    assert windows(30, 5, stride=5) == [(0, 5), (5, 10), (10, 15), (15, 20), (20, 25), (25, 30)]
+    assert windows(8, 3, stride=3) == [(0, 3), (3, 6)]                  # a partial last tile is dropped
+    assert windows(8, 1, stride=1) == windows(8, 1) == [(i, i + 1) for i in range(8)]
+    assert (default_window(8), default_window(30), default_window(32), default_window(4)) == (1, 5, 5, 1)
+    with pytest.raises(ValueError, match="stride"):
+        windows(8, 2, stride=0)
+
+
+def test_a_strided_sweep_is_the_sliding_sweep_at_those_windows(mm: MLLM) -> None:
+    from mfutils.data.world import make_split
+    from mfutils.study.knockout import knockout_sweep
+
+    samples = make_split("test", 6)
+    sliding = knockout_sweep(mm, samples, ["instruction->last", "image->instruction"], 2, progress=False)
+    strided = knockout_sweep(mm, samples, ["instruction->last", "image->instruction"], 2, progress=False, stride=2)
+    assert strided.windows == sliding.windows[::2]
+    assert np.allclose(strided.knocked, sliding.knocked[:, ::2], atol=1e-6, equal_nan=True)

@@ -132,7 +132,8 @@ class FlowDocument(Mapping[str, Any]):
     ``SweepResult.summary``}} over ``MAIN_EDGES`` x ``SUBSETS``; ``controls``: {variant: {edge: {"all":
     summary}}} over ``CONTROL_EDGES``; ``ldar``: {read: {"rate", "lo", "hi": [L+1], "n"}} (``lens.READS``); ``dla``,
     ``subspace``: ``DLAResult.summary``; ``saliency``: {pair: [L]}; ``stability``: see
-    ``mfutils.study.stability``. ``to_doc()``: the JSON document (``mfutils.study.results.write_results``).
+    ``mfutils.study.stability``; ``stride``: windows start every ``stride`` layers (1: sliding; ``window``: tiles).
+    ``to_doc()``: the JSON document (``mfutils.study.results.write_results``).
     """
 
     model: str
@@ -146,6 +147,7 @@ class FlowDocument(Mapping[str, Any]):
     subspace: dict[str, Any]
     saliency: dict[str, list[float]]
     stability: dict[str, Any]
+    stride: int = 1
 
     def __getitem__(self, key: str) -> Any:
         if key not in self._keys():
@@ -171,8 +173,8 @@ def run_information_flow(mm: MLLM, model_name: str, test_samples: Sequence[Sampl
                          system_samples: Sequence[Sample], instruction_last_samples: Sequence[Sample], k: int = 1,
                          batch_size: int = 64, seed: int = 0, n_boot: int = 1000,
                          fractions: Sequence[float] = FRACTIONS, saliency_batch_size: int | None = None,
-                         progress: bool = True, method: str = "prefix", batch_conditions: bool = False
-                         ) -> FlowDocument:
+                         progress: bool = True, method: str = "prefix", batch_conditions: bool = False,
+                         stride: int = 1) -> FlowDocument:
     """Every analysis of notebook 02; returns the document and writes the per-sample sweeps to
     ``results/<model>/02_knockout_per_sample{,_system,_instruction_last}.npz``.
 
@@ -191,7 +193,7 @@ def run_information_flow(mm: MLLM, model_name: str, test_samples: Sequence[Sampl
     main_samples = list(test_samples) + list(failed_samples)
     tags = ["test"] * len(test_samples) + ["fail_pool"] * len(failed_samples)
     main = knockout_sweep(mm, main_samples, MAIN_EDGES, k, batch_size=batch_size, progress=progress, tags=tags,
-                          method=method, batch_conditions=batch_conditions)
+                          method=method, batch_conditions=batch_conditions, stride=stride)
     write_arrays(main.to_arrays(), model_name, "02_knockout_per_sample")
     masks = subset_masks(main, arbitration_failures(mm, main_samples, main.follows, batch_size=batch_size))
     knock = {e: {s: main.summary(e, masks[s], n_boot=n_boot, seed=seed) for s in SUBSETS} for e in MAIN_EDGES}
@@ -199,7 +201,7 @@ def run_information_flow(mm: MLLM, model_name: str, test_samples: Sequence[Sampl
     for split, samples in (("system", system_samples), ("instruction_last", instruction_last_samples)):
         sweep = knockout_sweep(mm, list(samples), CONTROL_EDGES[split], k, batch_size=batch_size,
                                progress=progress, tags=[split] * len(samples), method=method,
-                               batch_conditions=batch_conditions)
+                               batch_conditions=batch_conditions, stride=stride)
         write_arrays(sweep.to_arrays(), model_name, f"02_knockout_per_sample_{split}")
         controls[split] = {e: {"all": sweep.summary(e, n_boot=n_boot, seed=seed)} for e in CONTROL_EDGES[split]}
     test = list(test_samples)
@@ -207,7 +209,7 @@ def run_information_flow(mm: MLLM, model_name: str, test_samples: Sequence[Sampl
     dres = dla(mm, test, batch_size=batch_size, progress=progress).summary(n_boot=n_boot, seed=seed)
     sal = saliency(mm, test, batch_size=saliency_batch_size or max(1, batch_size // 4), progress=progress)
     return FlowDocument(
-        model=model_name, n_layers=mm.n_layers, window=k,
+        model=model_name, n_layers=mm.n_layers, window=k, stride=stride,
         n={"test": len(test_samples), "failed": int(masks["failed"].sum()), "system": len(system_samples),
            "instruction_last": len(instruction_last_samples),
            "failed_test": int((masks["failed"] & (main.tags == "test")).sum()),

@@ -6,7 +6,7 @@ reuses one clean forward per batch (prefix reuse, ``mfutils.model.hooks.prefix_t
 Public API
 ----------
 default_window(n_layers) -> int                 k when none is given: max(1, round(L / 6)) (ours)
-windows(n_layers, k) -> list[(start, stop)]     k consecutive layers sliding over depth (W = L - k + 1)
+windows(n_layers, k, stride=1) -> list[(start, stop)]   k consecutive layers, one window every stride layers
 SweepResult                     per-sample margins: base [N], knocked [E, W, N], follows [N]; inssd, flips,
                                 valid, curve, summary (three INSSD estimators with intervals, margin strata);
                                 to_arrays, save/load (.npz)
@@ -64,16 +64,21 @@ def default_window(n_layers: int) -> int:
     return max(1, round(n_layers / 6))
 
 
-def windows(n_layers: int, k: int) -> list[tuple[int, int]]:
-    """Windows of ``k`` consecutive layers sliding over depth: ``[(0, k), (1, k + 1), ..., (L - k, L)]``.
+def windows(n_layers: int, k: int, stride: int = 1) -> list[tuple[int, int]]:
+    """Windows of ``k`` consecutive layers over depth, starting every ``stride`` layers:
+    ``[(0, k), (stride, stride + k), ...]`` up to the last full window; with ``stride = k`` they tile the depth
+    (a last partial tile is dropped).
 
     Example::
 
-        windows(4, 2)     # [(0, 2), (1, 3), (2, 4)]
+        windows(4, 2)               # [(0, 2), (1, 3), (2, 4)]
+        windows(30, 5, stride=5)    # [(0, 5), (5, 10), ..., (25, 30)]
     """
     if not 1 <= k <= n_layers:
         raise ValueError(f"window size k={k} must be between 1 and the number of layers ({n_layers})")
-    return [(s, s + k) for s in range(n_layers - k + 1)]
+    if stride < 1:
+        raise ValueError(f"window stride must be >= 1, got {stride}")
+    return [(s, s + k) for s in range(0, n_layers - k + 1, stride)]
 
 
 @dataclass
@@ -196,7 +201,7 @@ def _same_first_row(cuts: Sequence[tuple[torch.Tensor, torch.Tensor]], live: Seq
 @torch.no_grad()
 def knockout_sweep(mm: MLLM, samples: Sequence[Sample] | Prepared, edges: Sequence[str] = MAIN_EDGES, k: int = 1,
                    batch_size: int = 64, progress: bool = True, tags: Sequence[str] | None = None,
-                   method: str = "prefix", batch_conditions: bool = False) -> SweepResult:
+                   method: str = "prefix", batch_conditions: bool = False, stride: int = 1) -> SweepResult:
     """Knock out each edge in each window of ``k`` layers (all heads) and record per-sample margins.
 
     ``edges``: names registered in ``mfutils.model.edges`` or any ``"a+b->c"``. ``method="prefix"``
@@ -211,7 +216,7 @@ def knockout_sweep(mm: MLLM, samples: Sequence[Sample] | Prepared, edges: Sequen
     keeps its baseline margin exactly; a sample lacking the edge's source or destination group gets NaN.
     ``samples``: a list (consecutive batches of ``batch_size``) or a ``Prepared`` (its batches;
     ``mfutils.study.flow_batches``); a batch that runs out of memory is retried at half the size.
-    Shapes: ``base`` [N], ``knocked`` [E, W, N] with W = L - k + 1.
+    Shapes: ``base`` [N], ``knocked`` [E, W, N] with W = len(windows(L, k, stride)) (L - k + 1 sliding).
     ``info["forward_equivalents"]``: decoder work in full forwards of one batch, summed over batches
     (machine-independent cost).
 
@@ -224,7 +229,7 @@ def knockout_sweep(mm: MLLM, samples: Sequence[Sample] | Prepared, edges: Sequen
         raise ValueError(f"method must be one of {SWEEP_METHODS}, got {method!r}")
     edges = list(edges)
     pairs = [parse_edge(e) for e in edges]
-    wins = windows(mm.n_layers, k)
+    wins = windows(mm.n_layers, k, stride)
     listed = samples_of(samples)
     N = len(listed)
     base = np.full(N, np.nan)
