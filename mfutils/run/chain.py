@@ -277,15 +277,11 @@ def run_chain(model: str = "smol", smoke: bool = False, only: Sequence[str] | No
         state["notebooks"][nb.stem] = {"fingerprint": fp, "inputs": parts, "finished": provenance["finished"], "wall_s": wall,
                                        "outputs": {display_path(p): sha256_file(p) for p in outputs if p.exists()}}
         atomic_write_text(state_path, json.dumps(state, indent=1))
+        _write_timings(out_dir / "chain_timings.json", model, smoke, {nb.stem: wall})
         print(f"    done in {wall} s ({len(outputs)} files written)", flush=True)
 
     records.write_provenance_index(res_dir, state, identity, env)
-    timings_path = out_dir / "chain_timings.json"
-    if timings_path.exists():  # a partial or resumed run keeps the timings of the notebooks it did not run
-        previous = json.loads(timings_path.read_text())
-        if previous.get("smoke") == smoke:
-            timings = {**previous.get("seconds", {}), **timings}
-    atomic_write_text(timings_path, json.dumps({"model": model, "smoke": smoke, "seconds": timings}, indent=1))
+    _write_timings(out_dir / "chain_timings.json", model, smoke, timings)
     built = {p.stem for p in built_notebooks()}
     missing = [s for s, _ in PLANNED if s not in built]
     ran = len(nbs) - len(skipped)
@@ -299,6 +295,14 @@ def run_chain(model: str = "smol", smoke: bool = False, only: Sequence[str] | No
     path = write_report(model)
     print(f"wrote {display_path(path)}")
     return 0
+
+
+def _write_timings(path: Path, model: str, smoke: bool, seconds: dict[str, float]) -> None:
+    """Merge ``seconds`` into the chain's timings file, after every notebook: a run that stops half-way, then
+    resumes, keeps the times of the notebooks it finished (a run of the other size starts the file afresh)."""
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    kept = previous.get("seconds", {}) if previous.get("smoke") == smoke else {}
+    atomic_write_text(path, json.dumps({"model": model, "smoke": smoke, "seconds": {**kept, **seconds}}, indent=1))
 
 
 _MARK = "# NBVAL_CHECK_OUTPUT"
