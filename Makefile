@@ -40,7 +40,7 @@ reproduce: $(STAMP)
 		$(if $(MC2_JSON),--mc2-json $(MC2_JSON),) $(if $(COCO_ROOT),--coco-root $(COCO_ROOT),)
 
 # Unit, property, architecture and chain tests, then every notebook on the default model at smoke size (nbval;
-# notebooks/conftest.py sets smoke = True after each parameters cell).
+# tests/conftest.py sets smoke = True after each parameters cell).
 # Outputs go to a temporary folder (MF_OUT), never over figures/ and results/.
 test: $(STAMP) browser
 	MF_OUT=$$(mktemp -d) $(PY) -m pytest -q tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
