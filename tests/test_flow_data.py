@@ -119,8 +119,8 @@ def test_flow_document_is_a_typed_mapping(monkeypatch: pytest.MonkeyPatch, tmp_p
     monkeypatch.setenv("MF_OUT", str(tmp_path))
     doc = _doc()
     assert list(doc) == ["model", "n_layers", "window", "n", "knockout", "controls", "ldar", "dla", "subspace",
-                         "saliency", "stability"]
-    assert doc["knockout"] is doc.knockout and len(doc) == 11 and "n" in doc and doc.get("x") is None
+                         "saliency", "stability", "stride"]
+    assert doc["knockout"] is doc.knockout and len(doc) == 12 and "n" in doc and doc.get("x") is None
     with pytest.raises(KeyError):
         doc["to_doc"]
     assert doc.to_doc() == dict(doc)

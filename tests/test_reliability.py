@@ -1,6 +1,7 @@
 """Reliability of the chain (issue 8): determinism, provenance, kill-and-resume, atomic writes, clear errors.
 
-The chain tests run the smoke chain of the default model in subprocesses (as `make reproduce SMOKE=1` does):
+The chain tests run the smoke chain of the tiny model in subprocesses (as `make reproduce MODEL=tiny SMOKE=1` does;
+the mechanics do not depend on the model and tiny is the fast one):
 one run is killed while notebook 03 runs and then resumed; a second, independent run with --force is the
 reference. The resumed run must skip exactly the notebooks that had finished, and both runs must give
 bit-identical results once the provenance blocks (commit, wall time, dates) are removed.
@@ -121,7 +122,8 @@ def _results(out: Path) -> dict[str, object]:
 
 def _kill_during(stem: str, out: Path, timeout: float = 900) -> str:
     """Run the smoke chain and SIGKILL it (kernel included) a few seconds after notebook ``stem`` starts."""
-    proc = subprocess.Popen([sys.executable, "-m", "mfutils", "reproduce", "--smoke"], cwd=ROOT, env=_env(out),
+    proc = subprocess.Popen([sys.executable, "-m", "mfutils", "reproduce", "--model", "tiny", "--smoke"], cwd=ROOT,
+                            env=_env(out),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     seen, t0 = [], time.time()
     assert proc.stdout is not None
@@ -145,10 +147,10 @@ def chain_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     half_written = [p.name for p in (killed / "results" / "tiny").glob("*.json")
                     if not _parses(p)]
     state_after_kill = json.loads((killed / "results" / "tiny" / STATE_FILE).read_text())
-    resumed = _mf(["reproduce", "--smoke"], killed, timeout=900)
-    again = _mf(["reproduce", "--smoke"], killed, timeout=900)
+    resumed = _mf(["reproduce", "--model", "tiny", "--smoke"], killed, timeout=900)
+    again = _mf(["reproduce", "--model", "tiny", "--smoke"], killed, timeout=900)
     fresh = tmp_path_factory.mktemp("fresh")
-    reference = _mf(["reproduce", "--smoke", "--force"], fresh, timeout=900)
+    reference = _mf(["reproduce", "--model", "tiny", "--smoke", "--force"], fresh, timeout=900)
     return {"killed": killed, "fresh": fresh, "log_kill": log_kill, "half_written": half_written,
             "state_after_kill": state_after_kill, "resumed": resumed, "again": again, "reference": reference}
 
