@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from mfutils.core.processes import is_main
+
 __all__ = ["repo_root", "output_root", "checkpoint_dir", "figures_dir", "results_dir", "model_slug", "notebooks_dir",
            "display_path", "atomic_output", "atomic_write_text", "atomic_write_bytes"]
 
@@ -87,12 +89,19 @@ def atomic_output(path: Path | str) -> Iterator[Path]:
     atomic on one file system), on an exception it is deleted. A reader never sees a half-written file, and
     a run killed mid-write leaves the previous version (or nothing) in place.
 
+    In a group of processes (``mfutils.core.processes``) only the main one writes: the others get a path in
+    a temporary folder that is deleted on exit (every process runs the same code; their results are equal).
+
     Example::
 
         with atomic_output("results/tiny/x.npz") as tmp:
             np.savez(tmp, a=a)
     """
     path = Path(path)
+    if not is_main():
+        with tempfile.TemporaryDirectory(prefix="mf-not-main-") as scratch:
+            yield Path(scratch) / path.name
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".partial{path.suffix}", dir=path.parent)
     os.close(fd)

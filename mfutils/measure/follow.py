@@ -30,10 +30,11 @@ from collections.abc import Iterable, Iterator, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from mfutils.core.processes import gather_items, share
 from mfutils.data.sample import Sample
 from mfutils.measure.answers import answer_logits
 from mfutils.measure.margins import instructed_wins
-from mfutils.measure.prefix import checked_trace, merge_status
+from mfutils.measure.prefix import checked_trace, merge_status, merge_statuses
 from mfutils.measure.prepared import NOT_RUN, Batch, Prepared, per_batch, samples_of
 from mfutils.model.edges import parse_edge
 from mfutils.model.groups import edge_cut
@@ -98,7 +99,7 @@ def follows(mm: MLLM, data: Sequence[Sample] | Prepared, *, heads: Sequence[Head
                     logits = answer_logits(mm, batch.enc)
         out[batch.index] = instructed_wins(logits, batch.targets).cpu()
 
-    per_batch(mm, data, batch_size, fn, "follows")
+    per_batch(mm, data, batch_size, fn, "follows", fills=[(out, 0)])
     return out
 
 
@@ -172,7 +173,8 @@ class FlagCache:
         out = {k: torch.zeros(len(self.data), dtype=torch.bool) for k in todo}
         # a refresh at most every 2 s: in a notebook each refresh is a widget message, and a test runner that reads
         # a cell's messages only when it ends (nbval) loses the cell's end past the kernel's 1000-message buffer
-        bar = tqdm(total=len(self.data.batches) * len(todo), desc=desc, disable=not progress, mininterval=2.0)
+        here = len(share(len(self.data.batches)))           # the batches this process runs (all, alone)
+        bar = tqdm(total=here * len(todo), desc=desc, disable=not progress, mininterval=2.0)
         status = NOT_RUN
 
         def fn(batch: Batch) -> None:
@@ -184,8 +186,9 @@ class FlagCache:
                 bar.update(1)
 
         try:
-            per_batch(self.mm, self.data, len(self.data), fn, desc or "head sets")
+            per_batch(self.mm, self.data, len(self.data), fn, desc or "head sets", fills=[(t, 0) for t in out.values()])
         finally:
             bar.close()
+        status = merge_statuses(gather_items([status]))
         self.store.update(out)
         self.fast_path = self.data.fast_path = status

@@ -11,6 +11,7 @@ PREFIX_REUSE                                     "prefix-reuse", the status of a
 checked_trace(mm, enc, rows_from_last) -> (PrefixTrace | None, status)   None: use full forwards; status
                                                  is PREFIX_REUSE or "full forwards (<why>)"
 merge_status(run, batch) -> str                  the status of a run so far: its first fallback, else PREFIX_REUSE
+merge_statuses(statuses) -> str                  the status of runs in several processes (those that ran nothing ignored)
 
 Example::
 
@@ -21,6 +22,7 @@ Example::
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 import torch
 
@@ -30,7 +32,7 @@ from mfutils.model.groups import Encoded
 from mfutils.model.prefix import PrefixTrace, prefix_trace
 from mfutils.model.loading import MLLM
 
-__all__ = ["PREFIX_REUSE", "checked_trace", "merge_status"]
+__all__ = ["PREFIX_REUSE", "checked_trace", "merge_status", "merge_statuses"]
 
 PREFIX_REUSE = "prefix-reuse"
 
@@ -73,3 +75,16 @@ def merge_status(run: str, batch: str) -> str:
     Example: ``merge_status("prefix-reuse", "full forwards (...)")`` -> ``"full forwards (...)"``.
     """
     return batch if run in (NOT_RUN, PREFIX_REUSE) else run
+
+
+def merge_statuses(statuses: Sequence[str]) -> str:
+    """The status of one run whose batches were spread over processes (``mfutils.core.processes``), in rank
+    order; a process that ran no batch (``NOT_RUN``) is ignored.
+
+    Example: ``merge_statuses(["prefix-reuse", "not run"])`` -> ``"prefix-reuse"``.
+    """
+    out = NOT_RUN
+    for status in statuses:
+        if status != NOT_RUN:
+            out = merge_status(out, status)
+    return out

@@ -9,7 +9,9 @@ prepare(mm, samples | Prepared, batch_size=64) -> Prepared    encode once (a Pre
 batches(mm, samples | Prepared, batch_size) -> Iterator[Batch]  stored batches, or encoded on the fly
 n_batches(samples | Prepared, batch_size) -> int              how many batches ``batches`` yields
 samples_of(samples | Prepared) -> list[Sample]
-per_batch(mm, data, batch_size, fn, desc) -> None             fn(batch) on every batch; halves on out of memory
+per_batch(mm, data, batch_size, fn, desc, fills=None) -> list[int]   fn(batch) on every batch; halves on out
+                                               of memory; with ``fills`` spread over processes and gathered
+Fill = (array, sample_axis)                    an array that a batch function fills by sample index
 
 Example::
 
@@ -21,16 +23,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from mfutils.core.processes import gather_rows, share
 from mfutils.data.sample import Sample
 from mfutils.measure.answers import Targets, targets_for
 from mfutils.model.batching import run_batched
 from mfutils.model.groups import Encoded, encode
 from mfutils.model.loading import MLLM
 
-__all__ = ["Batch", "Prepared", "prepare", "batches", "n_batches", "samples_of", "per_batch", "NOT_RUN"]
+__all__ = ["Batch", "Prepared", "prepare", "batches", "n_batches", "samples_of", "per_batch", "NOT_RUN", "Fill"]
 
 NOT_RUN = "not run"
+Fill = tuple[Any, int]          # (numpy array or CPU tensor that a batch function writes by sample index, its sample axis)
 
 
 @dataclass
@@ -122,18 +127,33 @@ def samples_of(samples: Sequence[Sample] | Prepared) -> list[Sample]:
 
 
 def per_batch(mm: MLLM, samples: Sequence[Sample] | Prepared, batch_size: int, fn: Callable[[Batch], object],
-              desc: str) -> None:
+              desc: str, fills: Sequence[Fill] | None = None) -> list[int]:
     """Call ``fn(batch)`` on every batch of ``samples``; on out of memory, retry that batch's samples in
     halves with a warning (``mfutils.model.batching.run_batched``). ``fn`` writes its results by sample index.
-    Once halved, later batches start at the smaller size.
+    Once halved, later batches start at the smaller size. Returns the numbers of the batches run here.
+
+    ``fills``: the arrays ``fn`` writes, each as ``(array, sample_axis)``. Given (even empty), the batches are
+    spread over the processes of a group (``mfutils.core.processes``: batch b runs in rank b % size) and
+    afterwards every process gets the other processes' entries of those arrays, so each holds every sample's
+    result. None: every process runs every batch (alone, both are the same).
 
     Example::
 
-        per_batch(mm, data, 64, lambda b: out.__setitem__(b.index, answer_logits(mm, b.enc).cpu()), "logits")
+        per_batch(mm, data, 64, lambda b: out.__setitem__(b.index, answer_logits(mm, b.enc).cpu()), "logits",
+                  fills=[(out, 0)])
     """
     data_samples = samples_of(samples)
+    if isinstance(samples, Prepared):
+        planned: list[Batch | list[int]] = list(samples.batches)
+    else:
+        planned = list(_chunks(data_samples, batch_size))
+    mine = share(len(planned)) if fills is not None else list(range(len(planned)))
     size = batch_size                     # once halved for memory, later batches start at the smaller size
-    for batch in batches(mm, samples, batch_size):
+    rows: list[int] = []
+    for b in mine:
+        item = planned[b]
+        batch = item if isinstance(item, Batch) else _encode_batch(mm, data_samples, item)
+
         def one(lo: int, hi: int, batch: Batch = batch) -> int:
             if lo == 0 and hi == len(batch.index):
                 fn(batch)
@@ -143,3 +163,7 @@ def per_batch(mm: MLLM, samples: Sequence[Sample] | Prepared, batch_size: int, f
         done = run_batched(one, len(batch.index), min(size, len(batch.index)), desc=desc)
         if len(done) > 1:
             size = min(size, max(done))
+        rows.extend(batch.index)
+    if fills is not None:
+        gather_rows(rows, fills)
+    return mine

@@ -148,7 +148,7 @@ def dla(mm: MLLM, samples: Sequence[Sample] | Prepared, batch_size: int = 64, pr
         }
         return {k: v.cpu().numpy() for k, v in out.items()}
 
-    done = flow_batches(mm, subset_or_data(samples, keep), batch_size, run, "DLA", progress=progress)
+    done = flow_batches(mm, subset_or_data(samples, keep), batch_size, run, "DLA", progress=progress, fills=())
     cat = {k: (gather([(i, p[k]) for i, p in done]) if done else np.zeros((0, L) if k in _PER_LAYER else 0))
            for k in _FIELDS}
     return DLAResult(**cat, categories=np.array([s.category for s in keep], dtype=str))

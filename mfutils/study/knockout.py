@@ -273,7 +273,8 @@ def knockout_sweep(mm: MLLM, samples: Sequence[Sample] | Prepared, edges: Sequen
                 knocked[e, w, index] = m_new.cpu().numpy()
         return forwards if method == "naive" else trace.work
 
-    done = flow_batches(mm, samples, batch_size, run, "knockout sweep", progress=progress)
+    done = flow_batches(mm, samples, batch_size, run, "knockout sweep", progress=progress,
+                        fills=[(base, 0), (knocked, 2), (follow, 0)])     # spread over processes, if any
     return SweepResult(edges=edges, windows=wins, base=base, knocked=knocked, follows=follow,
                        categories=np.array([s.category for s in listed], dtype=str),
                        tags=np.array(list(tags) if tags is not None else ["all"] * N, dtype=str),

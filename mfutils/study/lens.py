@@ -152,7 +152,7 @@ def ldar(mm: MLLM, samples: Sequence[Sample] | Prepared, batch_size: int = 64, p
         return {**{r: (torch.sign(latent[r]) == final[None]).cpu().numpy() for r in READS}, "picked": picked}
 
     done = flow_batches(mm, subset_or_data(samples, keep), batch_size, run, "LDAR", progress=progress,
-                        targets=False)
+                        targets=False, fills=())
     agree = {r: (gather([(i, p[r]) for i, p in done], axis=1) if done
                  else np.zeros((mm.n_layers + 1, 0), dtype=bool)) for r in READS}
     out: dict[str, Any] = {}

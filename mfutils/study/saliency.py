@@ -81,7 +81,7 @@ def saliency(mm: MLLM, samples: Sequence[Sample] | Prepared, batch_size: int = 1
     mm.set_attn_implementation("eager")
     handle = mm.model.get_input_embeddings().register_forward_hook(grad_on_embeddings)
     try:
-        done = flow_batches(mm, samples, batch_size, run, "saliency", progress=progress)
+        done = flow_batches(mm, samples, batch_size, run, "saliency", progress=progress, fills=())
     finally:
         handle.remove()
         mm.set_attn_implementation(previous)

@@ -48,11 +48,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from mfutils.core.processes import gather_items, share
 from mfutils.data.sample import Sample
 from mfutils.measure.answers import answer_logits, targets_for
 from mfutils.measure.follow import Head, check_heads
 from mfutils.measure.margins import margins
-from mfutils.measure.prefix import PREFIX_REUSE, checked_trace, merge_status
+from mfutils.measure.prefix import PREFIX_REUSE, checked_trace, merge_status, merge_statuses
 from mfutils.measure.prepared import NOT_RUN, Batch, Prepared, n_batches, per_batch, prepare, samples_of
 from mfutils.model.groups import encode
 from mfutils.model.hooks import registered, scale_heads
@@ -128,7 +129,7 @@ def exact_drops(mm: MLLM, samples: Sequence[Sample] | Prepared, heads: Sequence[
     drops = torch.full((n, len(heads)), math.nan, dtype=torch.float64)
     work = {"fwd": 0.0}
     status = NOT_RUN
-    bar = tqdm(total=n_batches(samples, batch_size), desc=desc, disable=not progress)
+    bar = tqdm(total=len(share(n_batches(samples, batch_size))), desc=desc, disable=not progress)
 
     def fn(batch: Batch) -> None:
         nonlocal status
@@ -146,9 +147,11 @@ def exact_drops(mm: MLLM, samples: Sequence[Sample] | Prepared, heads: Sequence[
         bar.update(1)
 
     try:
-        per_batch(mm, samples, batch_size, fn, desc)
+        per_batch(mm, samples, batch_size, fn, desc, fills=[(drops, 0)])    # spread over processes, if any
     finally:
         bar.close()
+    status = merge_statuses(gather_items([status]))
+    work["fwd"] = sum(gather_items([work["fwd"]]))
     if isinstance(samples, Prepared):
         samples.fast_path = status
     return Drops(drops, work["fwd"], status)
@@ -252,9 +255,9 @@ def head_attribution(mm: MLLM, samples: Sequence[Sample] | Prepared, batch_size:
     """
     L, H, hd = mm.n_layers, mm.n_heads, mm.head_dim
     n = len(samples_of(samples))
-    total = torch.zeros(L, H, dtype=torch.float64)
     per_sample = torch.full((n, L, H), math.nan, dtype=torch.float64)
-    bar = tqdm(total=n_batches(samples, batch_size), desc="attribution head scores", disable=not progress)
+    bar = tqdm(total=len(share(n_batches(samples, batch_size))), desc="attribution head scores",
+               disable=not progress)
 
     def fn(batch: Batch) -> None:
         with torch.enable_grad(), _o_proj_inputs(mm) as acts:
@@ -270,14 +273,14 @@ def head_attribution(mm: MLLM, samples: Sequence[Sample] | Prepared, batch_size:
             a_l = a.detach()[rows, last].float().unflatten(-1, (H, hd))
             g_l = g[rows, last].float().unflatten(-1, (H, hd))
             terms = (a_l * g_l).sum(-1)                                       # [B, H]
-            total[l] += terms.sum(0).double().cpu()
             per_sample[batch.index, l] = terms.double().cpu()
         bar.update(1)
 
     try:
-        per_batch(mm, samples, batch_size, fn, "attribution head scores")
+        per_batch(mm, samples, batch_size, fn, "attribution head scores", fills=[(per_sample, 0)])
     finally:
         bar.close()
+    total = per_sample.sum(0)                # the same sum whatever the number of processes
     return Attribution((total / n).float() if n else torch.full((L, H), math.nan), per_sample)
 
 
