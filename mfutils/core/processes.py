@@ -46,7 +46,8 @@ from typing import Any
 __all__ = ["World", "world", "is_main", "share", "gather_items", "gather_rows", "barrier", "leave",
            "ProcessGroupError", "TIMEOUT_ENV"]
 
-TIMEOUT_ENV = "MF_PROCESS_TIMEOUT"       # seconds a collective may wait for a peer (default 1800)
+TIMEOUT_ENV = "MF_PROCESS_TIMEOUT"       # seconds a collective may wait for a peer (default 10800: a chain
+                                         # runner waits for the slowest rank's notebook; a dead peer is seen at once)
 _PARENT_ENV = "MF_PARENT_PID"
 
 
@@ -92,7 +93,7 @@ def _watch_parent(pid: int) -> None:
 
 def world() -> World:
     """This process's place; on first use in a process whose environment names a group of more than one
-    process (``WORLD_SIZE`` > 1), joins it (gloo, timeout ``MF_PROCESS_TIMEOUT`` seconds).
+    process (``WORLD_SIZE`` > 1), joins it (gloo, timeout ``MF_PROCESS_TIMEOUT`` seconds, default 3 hours).
 
     Example: ``world().size``  -> 1 in a plain Python session.
     """
@@ -120,7 +121,7 @@ def world() -> World:
     if not dist.is_initialized():
         try:
             dist.init_process_group("gloo", rank=rank, world_size=size,
-                                    timeout=timedelta(seconds=_env_int(TIMEOUT_ENV, 1800)))
+                                    timeout=timedelta(seconds=_env_int(TIMEOUT_ENV, 10800)))
         except Exception as exc:  # noqa: BLE001 - re-raised with what to check
             raise ProcessGroupError(f"could not join the group of {size} processes as rank {rank} at "
                                     f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}: {exc}") from exc

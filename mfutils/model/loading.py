@@ -14,6 +14,7 @@ random_model(arch, ...) -> MLLM   a tiny random model of ``arch`` in ``RANDOM_AR
                                   qwen2_5_vl, internvl), built offline; or a skeleton on a pretrained LM
                                   (``mfutils.model.smol.SKELETONS``: ``random:smol``, SmolLM2 inside a Llava)
 default_dtype(device)             bfloat16 on GPU, float32 on CPU
+rank_gpus(device_count, local_rank, local_size) -> list[int]   one process's GPUs when several share a machine
 ModelNotFoundError, CheckpointError   clear errors naming the path and the fix
 
 Example::
@@ -38,6 +39,7 @@ from mfutils.model.archs import ARCHS, ArchSpec, get_module, spec_for_model_type
 from mfutils.model.smol import SKELETONS, is_parts_folder, load_parts
 from mfutils.model.tiny import tiny_parts
 from mfutils.core.paths import checkpoint_dir
+from mfutils.core.processes import world
 
 __all__ = [
     "MLLM",
@@ -50,6 +52,7 @@ __all__ = [
     "ModelNotFoundError",
     "CheckpointError",
     "default_dtype",
+    "rank_gpus",
 ]
 
 DEFAULT_MODEL = "smol"
@@ -307,6 +310,35 @@ def default_dtype(device: str) -> torch.dtype:
     return torch.bfloat16 if on_gpu else torch.float32
 
 
+def rank_gpus(device_count: int, local_rank: int, local_size: int) -> list[int]:
+    """The GPUs of one process when ``local_size`` processes share a machine's ``device_count`` GPUs: an equal,
+    disjoint block each (``load_model(device="auto")`` spreads the model over it).
+
+    Example: ``rank_gpus(8, 1, 4)`` -> [2, 3].
+    """
+    per = device_count // local_size
+    if per < 1:
+        raise ValueError(f"{local_size} processes on a machine with {device_count} GPU(s): each process needs at least "
+                         "one GPU; start at most as many processes per machine as it has GPUs")
+    return list(range(local_rank * per, (local_rank + 1) * per))
+
+
+def _placement(device: str) -> tuple[str, dict[int | str, Any] | None]:
+    """(device, max_memory) for this process: in a group of processes on GPUs, ``cuda`` becomes the process's own
+    GPU and ``auto`` its block of GPUs (``rank_gpus``); otherwise unchanged."""
+    w = world()
+    if w.size == 1 or not torch.cuda.is_available() or not (device == "auto" or device.startswith("cuda")):
+        return device, None
+    gpus = rank_gpus(torch.cuda.device_count(), w.local_rank, w.local_size)
+    if device == "cuda":
+        return f"cuda:{gpus[0]}", None
+    if device == "auto":
+        memory: dict[int | str, Any] = {i: (torch.cuda.mem_get_info(i)[1] if i in gpus else 0)
+                                        for i in range(torch.cuda.device_count())}
+        return "auto", memory
+    return device, None
+
+
 def load_model(name: str = DEFAULT_MODEL, *, attn_implementation: str = "sdpa", device: str = "cpu",
                dtype: torch.dtype | None = None) -> MLLM:
     """Load an MLLM by name, in eval mode.
@@ -316,7 +348,9 @@ def load_model(name: str = DEFAULT_MODEL, *, attn_implementation: str = "sdpa", 
     a large model over the available GPUs (or the CPU) with accelerate's ``device_map="auto"``. ``dtype``:
     default bfloat16 on GPU, float32 on CPU (``default_dtype``). Raises ``ModelNotFoundError`` (unknown name,
     missing path or weights), ``UnsupportedArchitectureError`` (no adapter for the config's model_type) or
-    ``CheckpointError`` (unreadable weights), each naming the path and the fix.
+    ``CheckpointError`` (unreadable weights), each naming the path and the fix. In a group of processes on GPUs
+    (``mfutils.core.processes``), ``"cuda"`` is the process's own GPU and ``"auto"`` spreads the model over the
+    process's block of GPUs only (``rank_gpus``: 8 GPUs, 4 processes -> 2 each).
 
     Example::
 
@@ -330,6 +364,7 @@ def load_model(name: str = DEFAULT_MODEL, *, attn_implementation: str = "sdpa", 
 
     if attn_implementation not in SUPPORTED_ATTN:
         raise ValueError(f"attention implementation {attn_implementation!r} not supported; use one of {SUPPORTED_ATTN}")
+    device, max_memory = _placement(device)
     if name.startswith("random:"):
         mm = random_model(name.split(":", 1)[1], attn_implementation=attn_implementation)
         mm.model.to(device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -359,6 +394,8 @@ def load_model(name: str = DEFAULT_MODEL, *, attn_implementation: str = "sdpa", 
     kwargs: dict[str, Any] = {"attn_implementation": attn_implementation, "dtype": dtype or default_dtype(device)}
     if device == "auto":
         kwargs["device_map"] = "auto"
+        if max_memory is not None:
+            kwargs["max_memory"] = max_memory
     try:
         model = cls.from_pretrained(path, local_files_only=True, **kwargs)
     except (OSError, RuntimeError, ValueError) as exc:

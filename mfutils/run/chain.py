@@ -45,12 +45,14 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mfutils.core import processes as group
 from mfutils.core.paths import atomic_write_text, display_path, figures_dir, notebooks_dir, results_dir
 from mfutils.run import state as records
 from mfutils.run.args import parameter_problem
@@ -195,9 +197,79 @@ def run_chain(model: str = "smol", smoke: bool = False, only: Sequence[str] | No
     ``only``: notebook name prefixes to run (others are neither run nor skipped-checked). ``params``: extra
     papermill parameters, checked against each notebook's ``parameters`` cell before anything runs; they
     override the model's profile (``mfutils.run.profiles``), which overrides the notebooks' defaults.
+
+    In a group of processes (started by ``mf reproduce --processes N``, torchrun or ``accelerate launch``;
+    ``mfutils.run.parallel``), rank 0 decides what runs and writes everything; every rank executes each
+    notebook that runs in its own kernel, one rank of a group per notebook, and the analyses spread their
+    batches over those kernels. A failure in any rank ends the run with that rank's error.
     """
+    if group.world().size > 1 and not group.is_main():
+        return _follow_chain()
+    try:
+        rc = _lead_chain(model, smoke, only, force, params)
+    except BaseException:
+        _tell_followers({"end": 1})
+        raise
+    _tell_followers({"end": rc})
+    return rc
+
+
+def _tell_followers(order: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rank 0: send ``order`` (a notebook to run, or {"end": exit code}) to every rank; alone: nothing."""
+    if group.world().size == 1:
+        return []
+    return group.gather_items([order])
+
+
+def _run_notebook(nb: Path, dst: Path, params: Mapping[str, Any], kernel: str, port: int | None) -> dict[str, Any]:
+    """Execute ``nb`` into ``dst`` (papermill); in a group, its kernel is this rank of a new group at ``port``.
+    Returns {"ok", "rank", "ename", "evalue", "secondary"} (secondary: the error says only that a peer failed)."""
     import papermill as pm
 
+    saved = dict(os.environ)
+    if port is not None:
+        from mfutils.run.parallel import kernel_env
+
+        env = kernel_env(port)
+        os.environ.clear()
+        os.environ.update(env)
+    try:
+        pm.execute_notebook(str(nb), str(dst), parameters=dict(params), kernel_name=kernel,
+                            cwd=str(notebooks_dir()), progress_bar=False, log_output=False)
+        return {"ok": True, "rank": group.world().rank}
+    except pm.PapermillExecutionError as exc:
+        return {"ok": False, "rank": group.world().rank, "ename": exc.ename, "evalue": exc.evalue,
+                "secondary": exc.ename == "ProcessGroupError"}
+    finally:
+        if port is not None:
+            os.environ.clear()
+            os.environ.update(saved)
+
+
+def _follow_chain() -> int:
+    """Rank > 0: run each notebook rank 0 sends, in a scratch folder, until it says the chain ends."""
+    import tempfile
+
+    kernel = kernel_name()
+    with tempfile.TemporaryDirectory(prefix=f"mf-rank{group.world().rank}-") as scratch:
+        while True:
+            order = group.gather_items([None])[0]
+            if "end" in order:
+                return int(order["end"])
+            nb = Path(order["notebook"])
+            status = _run_notebook(nb, Path(scratch) / nb.name, order["params"], kernel, order["port"])
+            group.gather_items([status])
+
+
+def _first_failure(statuses: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The failure that started it: the lowest rank whose error is not a failed gather (else the lowest)."""
+    failed = [s for s in statuses if not s.get("ok")]
+    return sorted(failed, key=lambda s: (bool(s.get("secondary")), int(s.get("rank", 0))))[0] if failed else None
+
+
+def _lead_chain(model: str, smoke: bool, only: Sequence[str] | None, force: bool,
+                params: Mapping[str, Any] | None) -> int:
+    """The chain in rank 0 (or alone): see ``run_chain``."""
     from mfutils.core.provenance import environment, sha256_file
 
     nbs = built_notebooks()
@@ -218,6 +290,7 @@ def run_chain(model: str = "smol", smoke: bool = False, only: Sequence[str] | No
     print(describe_chain(), flush=True)
     kernel = kernel_name()
     env = environment()
+    n_proc = group.world().size
     timings: dict[str, float] = {}
     previous_fp = ""
     must_run = bool(force)
@@ -253,16 +326,27 @@ def run_chain(model: str = "smol", smoke: bool = False, only: Sequence[str] | No
             state["notebooks"].pop(later, None)
         atomic_write_text(state_path, json.dumps(state, indent=1))
 
-        print(f"\n==> {nb.name}  (model={model}, smoke={smoke}, kernel={kernel}) -> {display_path(dst)}", flush=True)
+        where = f", processes={n_proc}" if n_proc > 1 else ""
+        print(f"\n==> {nb.name}  (model={model}, smoke={smoke}, kernel={kernel}{where}) -> {display_path(dst)}",
+              flush=True)
         before = records.snapshot([fig_dir, res_dir])
         t0 = time.time()
-        try:
-            pm.execute_notebook(str(nb), str(dst), parameters=nb_params, kernel_name=kernel,
-                                cwd=str(notebooks_dir()), progress_bar=False, log_output=False)
-        except pm.PapermillExecutionError as exc:
+        port = None
+        if n_proc > 1:
+            from mfutils.run.parallel import free_port
+
+            port = int(os.environ.get("MF_KERNEL_PORT") or free_port())
+            _tell_followers({"notebook": str(nb), "params": nb_params, "port": port})
+        statuses = [_run_notebook(nb, dst, nb_params, kernel, port)]
+        if n_proc > 1:
+            statuses = group.gather_items(statuses)
+        failed = _first_failure(statuses)
+        if failed is not None:
             records.relative_metadata(dst)
-            print(f"FAILED in {nb.name}: {exc.ename}: {exc.evalue}\n  see the executed copy {display_path(dst)}",
-                  file=sys.stderr)
+            rank = f" (process {failed['rank']} of {n_proc})" if n_proc > 1 else ""
+            copy = (f"see the executed copy {display_path(dst)}" if failed["rank"] == 0 else
+                    f"process {failed['rank']}'s executed copy is not kept; {display_path(dst)} shows process 0's")
+            print(f"FAILED in {nb.name}{rank}: {failed['ename']}: {failed['evalue']}\n  {copy}", file=sys.stderr)
             return 1
         wall = round(time.time() - t0, 1)
         timings[nb.stem] = wall
@@ -271,7 +355,7 @@ def run_chain(model: str = "smol", smoke: bool = False, only: Sequence[str] | No
         provenance = {"notebook": nb.name, "parameters": nb_params, "model": identity,
                       "dataset": records.dataset_identity(model), "git_commit": env["git_commit"],
                       "packages": env["packages"], "python": env["python"], "platform": env["platform"],
-                      "torch_threads": env["torch_threads"], "wall_s": wall,
+                      "torch_threads": env["torch_threads"], "processes": n_proc, "wall_s": wall,
                       "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         records.stamp_outputs(outputs, provenance, dst)
         state["notebooks"][nb.stem] = {"fingerprint": fp, "inputs": parts, "finished": provenance["finished"], "wall_s": wall,

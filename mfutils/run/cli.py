@@ -167,7 +167,14 @@ def _unscorable_message(model: str, n_records: int, dropped: Sequence[dict]) -> 
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from mfutils.core.processes import world
     from mfutils.run.chain import parse_parameter, run_chain
+
+    if args.processes > 1 and world().size == 1:
+        return _relaunch(args)
+    if args.processes > 1 and world().size != args.processes:
+        raise ValueError(f"--processes {args.processes} inside a group of {world().size} processes started by a "
+                         "launcher: drop --processes (the launcher's process count is used)")
 
     params = dict(parse_parameter(t) for t in args.param)
     for name in ("dataset", "mc2_json", "coco_root"):  # passed only when given: the world needs none of them
@@ -184,6 +191,30 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         if rc:
             return rc
     return 0
+
+
+def _relaunch(args: argparse.Namespace) -> int:
+    """``mf reproduce --processes N``: the same command in N processes under torchrun (``run.parallel``),
+    each with its share of this machine's cores (unless OMP_NUM_THREADS is set)."""
+    import subprocess
+
+    from mfutils.run.parallel import launch_argv
+
+    argv, skip = [], False
+    for a in args.argv:                       # the same arguments without --processes
+        if skip:
+            skip = False
+            continue
+        if a == "--processes":
+            skip = True
+            continue
+        if a.startswith("--processes="):
+            continue
+        argv.append(a)
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.processes)))
+    print(f"running in {args.processes} processes ({env['OMP_NUM_THREADS']} threads each): torchrun", flush=True)
+    return subprocess.run(launch_argv(args.processes, argv), env=env).returncode
 
 
 def _cmd_store_checked(args: argparse.Namespace) -> int:
@@ -260,6 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dataset", default=None, help="'world' (default) or 'mc2'")
     s.add_argument("--mc2-json", dest="mc2_json", default=None, help="the MC2 evaluation JSON (dataset mc2)")
     s.add_argument("--coco-root", dest="coco_root", default=None, help="folder of the COCO 2014 images (dataset mc2)")
+    s.add_argument("--processes", type=count, default=1,
+                   help="spread each notebook's analyses over N processes on this machine (torchrun; one GPU each "
+                        "when there are GPUs); results equal one process's (default: %(default)s). Several "
+                        "machines: accelerate launch, see the README's 'Many GPUs'")
     s.set_defaults(func=_cmd_reproduce)
 
     s = sub.add_parser("store-checked", help="store the outputs of NBVAL_CHECK_OUTPUT cells in the sources",
