@@ -1,5 +1,6 @@
 # Thin front for `python -m mfutils` (the `mf` command). Every target creates .venv on first use.
 # Usage: make reproduce [MODEL=smol|tiny|...] [SMOKE=1] [FORCE=1] [DATASET=mc2 MC2_JSON=file COCO_ROOT=dir]
+#                       [PROCESSES=N] [PARAMS="name=value ..."]
 #        make test   make bench   make retrain   make lab   make venv
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -12,6 +13,8 @@ FORCE ?= 0
 DATASET ?=
 MC2_JSON ?=
 COCO_ROOT ?=
+PROCESSES ?=
+PARAMS ?=
 export OMP_WAIT_POLICY ?= PASSIVE
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
@@ -37,7 +40,8 @@ $(STAMP): pyproject.toml
 reproduce: $(STAMP)
 	$(PY) -m mfutils reproduce $(if $(MODEL),--model $(MODEL),) $(if $(filter 1,$(SMOKE)),--smoke,) \
 		$(if $(filter 1,$(FORCE)),--force,) $(if $(DATASET),--dataset $(DATASET),) \
-		$(if $(MC2_JSON),--mc2-json $(MC2_JSON),) $(if $(COCO_ROOT),--coco-root $(COCO_ROOT),)
+		$(if $(MC2_JSON),--mc2-json $(MC2_JSON),) $(if $(COCO_ROOT),--coco-root $(COCO_ROOT),) \
+		$(if $(PROCESSES),--processes $(PROCESSES),) $(foreach p,$(PARAMS),-p $(p))
 
 # Unit, property, architecture and chain tests, then every notebook on the default model at smoke size (nbval;
 # tests/conftest.py sets smoke = True after each parameters cell).

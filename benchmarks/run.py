@@ -17,6 +17,8 @@ What is measured, per model (``--models``, default ``tiny`` and ``random:qwen2_5
   ``scale_heads`` (all alphas 1, which by design installs no hook) / the same forward unhooked; the logits
   must be bit-identical.
 - **forward-equivalents** (machine independent): decoder work of each way in full forwards of one batch.
+- **processes**: the window-1 sweep in 2 processes x 1 thread (gloo) / 1 process x 2 threads, start-up included,
+  with each process's work in forward-equivalents and the equality with one process at one thread.
 - **memory**: peak resident set size of ``python -m mfutils reproduce --smoke`` run in a subprocess with
   ``MF_OUT`` in a temporary folder (``--quick``: of a small sweep subprocess instead).
 
@@ -46,7 +48,7 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 SECTIONS = ("Targets", "Machine", "Knockout sweep", "Head scoring", "Hook overhead", "Forward-equivalents", "Memory",
-            "GPU", "Equality checks")
+            "Processes", "GPU", "Equality checks")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -209,6 +211,64 @@ def bench_hooks(mm: Any, samples: Sequence[Any], repeats: int, batch_size: int) 
             "bit_identical": bool(torch.equal(out["plain"], out["hooked"]))}
 
 
+def _layer_calls(mm: Any) -> Any:
+    """A context manager counting the decoder-layer calls of ``mm`` (prefix reruns run only some layers)."""
+    from contextlib import contextmanager
+
+    from mfutils.model.archs import get_module
+
+    @contextmanager
+    def counting() -> Any:
+        count = [0]
+        layers = get_module(mm.model, mm.spec.layers)
+        handles = [layer.register_forward_pre_hook(lambda *_: count.__setitem__(0, count[0] + 1)) for layer in layers]
+        try:
+            yield count
+        finally:
+            for h in handles:
+                h.remove()
+    return counting()
+
+
+def _sweep_per_rank(mm: Any, samples: Sequence[Any], batch_size: int) -> tuple[Any, list[float]]:
+    """The window-1 sweep, and each process's decoder work in forward-equivalents (layer calls / layers)."""
+    from mfutils.core.processes import gather_items
+    from mfutils.study.knockout import knockout_sweep
+
+    with _layer_calls(mm) as count:
+        sweep = knockout_sweep(mm, samples, k=1, batch_size=batch_size, progress=False)
+    return sweep, gather_items([count[0] / mm.n_layers])
+
+
+def bench_processes(mm: Any, samples: Sequence[Any], repeats: int, batch_size: int) -> dict[str, Any]:
+    """The knockout sweep in 2 processes x 1 thread (``run.parallel.in_processes``, gloo, start-up included)
+    against 1 process x 2 threads, interleaved; and 1 process x 1 thread for the equality check."""
+    from mfutils.run.parallel import in_processes
+
+    out: dict[str, Any] = {}
+    before = torch.get_num_threads()
+
+    def alone(threads: int) -> Callable[[], None]:
+        def fn() -> None:
+            torch.set_num_threads(threads)
+            try:
+                out[f"1x{threads}"] = _sweep_per_rank(mm, samples, batch_size)
+            finally:
+                torch.set_num_threads(before)
+        return fn
+
+    def two() -> None:
+        out["2x1"] = in_processes(_sweep_per_rank, mm, samples, batch_size, processes=2, threads=1)
+
+    times = interleaved({"1x2": alone(2), "2x1": two}, repeats)
+    alone(1)()
+    (s12, fe12), (s21, fe21), (s11, _) = out["1x2"], out["2x1"], out["1x1"]
+    return {"n": len(samples), "batch_size": batch_size, "batches": -(-len(samples) // batch_size),
+            "1x2/2x1": ratio(times, "1x2", "2x1"), "fe_per_rank": fe21, "fe_alone": fe12[0],
+            "max_abs_diff_vs_1x1": float(np.nanmax(np.abs(s21.knocked - s11.knocked))),
+            "max_abs_diff_vs_1x2": float(np.nanmax(np.abs(s21.knocked - s12.knocked)))}
+
+
 _SWEEP_CHILD = """
 import os, sys
 from mfutils.model.edges import MAIN_EDGES
@@ -356,7 +416,19 @@ def render(doc: dict[str, Any]) -> str:
               f"(exit code {mem['returncode']}, {mem['wall_s']:.0f} s).", ""]
     if mem["stderr_tail"]:
         lines += ["```", mem["stderr_tail"], "```", ""]
-    lines += ["## GPU: full-size LLaVA-1.5-7B sweep", ""] + gpu_section()
+    lines += ["## Processes", "",
+              "The window-1 knockout sweep spread over 2 processes x 1 thread (`mfutils.run.parallel.in_processes`: "
+              "gloo, batches b with b % 2 == rank, per-sample results gathered; process start-up included) against "
+              "1 process x 2 threads, on this machine's cores. Ratio above 1: the two processes are faster. Work per "
+              "process in forward-equivalents (decoder-layer calls / layers).", "",
+              "| model | samples | batches | 1x2 s | 2x1 s | (1 process x 2 threads) / (2 processes x 1 thread) | "
+              "work per process | work alone | max abs diff vs 1x1 | vs 1x2 |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in doc["models"].items():
+        q = r["processes"]
+        lines.append(f"| {name} | {q['n']} | {q['batches']} | {q['1x2/2x1']['slow_s']:.2f} | {q['1x2/2x1']['fast_s']:.2f} | "
+                     f"{fmt_ratio(q['1x2/2x1'])} | {' + '.join(f'{x:.1f}' for x in q['fe_per_rank'])} | "
+                     f"{q['fe_alone']:.1f} | {q['max_abs_diff_vs_1x1']:.1e} | {q['max_abs_diff_vs_1x2']:.1e} |")
+    lines += ["", "## GPU: full-size LLaVA-1.5-7B sweep", ""] + gpu_section()
     lines += ["", "## Equality checks", "", "| check | value | passed |", "|---|---|---|"]
     for c in doc["checks"]:
         lines.append(f"| {c['name']} | {c['value']} | {'PASS' if c['passed'] else 'FAIL'} |")
@@ -379,6 +451,12 @@ def checks(models: dict[str, Any], memory: dict[str, Any]) -> list[dict[str, Any
              "passed": h["verified_max_abs_diff"] <= 1e-4},
             {"name": f"{name}: no-op hooks leave logits bit-identical", "value": str(k["bit_identical"]),
              "passed": k["bit_identical"]},
+            {"name": f"{name}: sweep in 2 processes vs 1 process, 1 thread each, max abs margin diff <= 1e-6",
+             "value": f"{r['processes']['max_abs_diff_vs_1x1']:.2e}",
+             "passed": r["processes"]["max_abs_diff_vs_1x1"] <= 1e-6},
+            {"name": f"{name}: the 2 processes' work adds up to one process's (forward-equivalents)",
+             "value": f"{sum(r['processes']['fe_per_rank']):.2f} vs {r['processes']['fe_alone']:.2f}",
+             "passed": abs(sum(r["processes"]["fe_per_rank"]) - r["processes"]["fe_alone"]) < 1e-9},
         ]
     out.append({"name": "memory child process exited cleanly", "value": str(memory["returncode"]),
                 "passed": memory["returncode"] == 0})
@@ -410,6 +488,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "sweep": bench_sweep(mm, make_split("test", n), repeats, batch),
             "heads": bench_heads(mm, make_split("identify", n), repeats, batch),
             "hooks": bench_hooks(mm, make_split("test", n), repeats, batch),
+            "processes": bench_processes(mm, make_split("test", n), repeats, max(1, n // 8)),
         }
         print(f"[bench] {name}: sweep {doc['models'][name]['sweep']['naive/prefix']['median']:.2f}x, heads "
               f"{doc['models'][name]['heads']['full/fast']['median']:.2f}x, hooks "

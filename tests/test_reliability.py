@@ -29,7 +29,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _env(out: Path) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({"MF_OUT": str(out), "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
+    # one torch thread in every run: the two-process run below uses one per process, and one thread against two
+    # differs by float rounding (not by anything the chain does), so all runs stay bit-comparable
+    env.update({"MF_OUT": str(out), "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+                "OMP_NUM_THREADS": "1"})
     return env
 
 
@@ -151,8 +154,11 @@ def chain_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     again = _mf(["reproduce", "--model", "tiny", "--smoke"], killed, timeout=900)
     fresh = tmp_path_factory.mktemp("fresh")
     reference = _mf(["reproduce", "--model", "tiny", "--smoke", "--force"], fresh, timeout=900)
+    spread = tmp_path_factory.mktemp("two_processes")
+    two = _mf(["reproduce", "--model", "tiny", "--smoke", "--processes", "2"], spread, timeout=900)
     return {"killed": killed, "fresh": fresh, "log_kill": log_kill, "half_written": half_written,
-            "state_after_kill": state_after_kill, "resumed": resumed, "again": again, "reference": reference}
+            "state_after_kill": state_after_kill, "resumed": resumed, "again": again, "reference": reference,
+            "spread": spread, "two": two}
 
 
 def _parses(p: Path) -> bool:
@@ -196,6 +202,28 @@ def test_two_runs_give_bit_identical_results(chain_runs: dict) -> None:
     assert len(a) >= 8
     for name in a:
         assert a[name] == b[name], f"{name} differs between two runs of the same chain"
+
+
+@pytest.mark.chain
+def test_the_chain_in_two_processes_gives_the_results_of_one(chain_runs: dict) -> None:
+    """Issue 17: ``mf reproduce --processes 2`` (torchrun, gloo, a kernel per rank and notebook) writes the same
+    results as one process, bit for bit, records the process count, and only rank 0 writes."""
+    two = chain_runs["two"]
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    assert "running in 2 processes" in two.stdout
+    starts = [line for line in two.stdout.splitlines() if line.startswith("==> ")]
+    assert [line.split()[1] for line in starts] == [p.name for p in built_notebooks()]
+    assert all("processes=2)" in line for line in starts)
+    a, b = _results(chain_runs["fresh"]), _results(chain_runs["spread"])
+    assert sorted(a) == sorted(b) and len(a) >= 8
+    for name in a:
+        assert a[name] == b[name], f"{name} differs between one and two processes"
+    res = chain_runs["spread"] / "results" / "tiny"
+    assert json.loads((res / "04_block_heads.json").read_text())["provenance"]["processes"] == 2
+    assert json.loads((chain_runs["fresh"] / "results" / "tiny" / "04_block_heads.json").read_text()
+                      )["provenance"]["processes"] == 1
+    leftovers = [p.name for p in chain_runs["spread"].rglob("*") if ".partial" in p.name or "mf-not-main" in p.name]
+    assert leftovers == []
 
 
 @pytest.mark.chain

@@ -12,6 +12,9 @@ chain
 cli
     The command line: ``python -m mfutils <command>`` (also installed as ``mf``). The Makefile is a thin front.
     API: main, build_parser
+parallel
+    Many processes: start a group of workers from a notebook or for the chain (issue 17).
+    API: in_processes, rank_device, launch_argv, kernel_env, free_port, primary_error, RankError
 profiles
     Per-model chain parameters: the sample counts and windows each shipped model's full run uses.
     API: PROFILES, SHIPPED_ORDER, profile

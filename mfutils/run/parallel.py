@@ -23,6 +23,7 @@ rank_device() -> str               the device of this process: cuda:<local rank>
 launch_argv(processes, argv) -> list[str]   the torchrun command that runs ``mf <argv>`` in N processes
 kernel_env(port) -> dict[str, str]  the environment for this rank's notebook kernel (its own group at ``port``)
 free_port() -> int                 a TCP port that is free now on this machine
+primary_error(records) -> dict     of the processes' error records, the one that started the failure
 RankError                          a process of the group failed: its rank, error type and message
 
 Example::
@@ -47,10 +48,7 @@ from typing import Any
 
 from mfutils.core import processes as group
 
-__all__ = ["in_processes", "rank_device", "launch_argv", "kernel_env", "free_port", "RankError", "PROCESSES_ENV"]
-
-PROCESSES_ENV = "MF_PROCESSES"        # set by ``mf reproduce --processes N`` for its torchrun children
-
+__all__ = ["in_processes", "rank_device", "launch_argv", "kernel_env", "free_port", "primary_error", "RankError"]
 
 class RankError(RuntimeError):
     """A process of a group failed; the message names its rank and its error (the first that was not a
