@@ -169,6 +169,23 @@ def test_blocking_and_amplification_flags_in_two_processes_equal_one(tiny, confl
     assert one[3] == two[3]
 
 
+def _write_then_read(folder: str) -> list[list[str]]:
+    from mfutils.core.paths import atomic_write_text
+
+    seen = []
+    for i in range(20):
+        path = Path(folder) / f"f{i % 3}.txt"
+        atomic_write_text(path, f"version {i} by {processes.world().rank}")
+        seen.append(path.read_text())                 # every process reads what "it" just wrote
+    return processes.gather_items([seen])
+
+
+def test_only_rank_zero_writes_and_every_rank_reads_the_new_file(tmp_path: Path) -> None:
+    seen = _two(_write_then_read, str(tmp_path))
+    assert seen[0] == seen[1] == [f"version {i} by 0" for i in range(20)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f0.txt", "f1.txt", "f2.txt"]     # no scratch left
+
+
 # ------------------------------------------------------------------------------------------------
 # Failures end the run with the failing process's error, and leave no process behind
 # ------------------------------------------------------------------------------------------------
@@ -201,9 +218,10 @@ def test_a_failing_process_ends_the_run_with_its_error() -> None:
 
 FAILING_NOTEBOOK = {
     "cells": [
-        {"cell_type": "code", "metadata": {"tags": ["parameters"]}, "execution_count": None, "outputs": [],
+        {"cell_type": "code", "id": "parameters", "metadata": {"tags": ["parameters"]}, "execution_count": None,
+         "outputs": [],
          "source": "model: str = \"tiny\"  # model\nsmoke: bool = False  # smoke"},
-        {"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [],
+        {"cell_type": "code", "id": "fails", "metadata": {}, "execution_count": None, "outputs": [],
          "source": "from mfutils.core.processes import gather_items, world\n"
                    "if world().rank == 1:\n    raise ValueError('rank one fails on purpose')\n"
                    "gather_items([0])"},
@@ -225,21 +243,91 @@ def _with_env(marker: str) -> list[int]:
     return found
 
 
-@pytest.mark.chain
-def test_a_chain_whose_process_fails_stops_with_that_processes_error(tmp_path: Path) -> None:
+RANKS_NOTEBOOK = {
+    "cells": [
+        FAILING_NOTEBOOK["cells"][0],
+        {"cell_type": "code", "id": "ranks", "metadata": {}, "execution_count": None, "outputs": [],
+         "source": "import json\nfrom mfutils.core.paths import atomic_write_text, results_dir\n"
+                   "from mfutils.core.processes import gather_items, world\n"
+                   "ranks = gather_items([world().rank])\n"
+                   "atomic_write_text(results_dir(model) / 'ranks.json', json.dumps({'ranks': ranks, 'by': world().rank}))"},
+    ],
+    "metadata": FAILING_NOTEBOOK["metadata"], "nbformat": 4, "nbformat_minor": 5,
+}
+
+LAUNCHERS = {
+    "mf --processes": [sys.executable, "-m", "mfutils", "reproduce", "--model", "tiny", "--smoke", "--processes", "2"],
+    "accelerate launch": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                          "-m", "mfutils", "reproduce", "--model", "tiny", "--smoke"],
+}
+
+
+def _fake_repo(tmp_path: Path, notebook: dict) -> tuple[Path, dict[str, str]]:
+    """A repository root (MF_ROOT) whose only notebook is ``notebook``, and the environment to run it in."""
     root = tmp_path / "repo"
     (root / "notebooks").mkdir(parents=True)
-    (root / "notebooks" / "00_fails.ipynb").write_text(json.dumps(FAILING_NOTEBOOK))
-    (root / "checkpoints").symlink_to(ROOT / "checkpoints")
+    (root / "notebooks" / "00_test.ipynb").write_text(json.dumps(notebook))
+    for shared in ("checkpoints", "paper"):                  # read only: outputs go to MF_OUT
+        (root / shared).symlink_to(ROOT / shared)
     out = tmp_path / "out"
-    marker = f"MF_OUT={out}"
     env = {**os.environ, "MF_ROOT": str(root), "MF_OUT": str(out), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    res = subprocess.run([sys.executable, "-m", "mfutils", "reproduce", "--model", "tiny", "--smoke",
-                          "--processes", "2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    return out, env
+
+
+@pytest.mark.chain
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_a_chain_runs_in_two_processes_under_each_launcher(tmp_path: Path, launcher: str) -> None:
+    out, env = _fake_repo(tmp_path, RANKS_NOTEBOOK)
+    res = subprocess.run(LAUNCHERS[launcher], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    assert "processes=2)" in res.stdout
+    doc = json.loads((out / "results" / "tiny" / "ranks.json").read_text())
+    assert {k: doc[k] for k in ("ranks", "by")} == {"ranks": [0, 1], "by": 0}      # gathered; written by rank 0 only
+    assert doc["provenance"]["processes"] == 2
+    assert list((out / "figures" / "tiny" / "notebooks").glob("*.ipynb")) == [
+        out / "figures" / "tiny" / "notebooks" / "00_test.ipynb"]
+
+
+@pytest.mark.chain
+def test_a_chain_whose_process_fails_stops_with_that_processes_error(tmp_path: Path) -> None:
+    out, env = _fake_repo(tmp_path, FAILING_NOTEBOOK)
+    marker = f"MF_OUT={out}"
+    res = subprocess.run(LAUNCHERS["mf --processes"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode != 0
-    assert "FAILED in 00_fails.ipynb (process 1 of 2): ValueError: rank one fails on purpose" in res.stderr, \
+    assert "FAILED in 00_test.ipynb (process 1 of 2): ValueError: rank one fails on purpose" in res.stderr, \
         res.stdout[-2000:] + res.stderr[-3000:]
     deadline = time.time() + 10
     while _with_env(marker) and time.time() < deadline:
         time.sleep(0.5)
     assert _with_env(marker) == [], "a runner or kernel outlived the failed chain"
+
+
+KERNEL_NOTEBOOK = {
+    "cells": [
+        {"cell_type": "code", "id": "launch", "metadata": {}, "execution_count": None, "outputs": [],
+         "source": "import numpy as np\nfrom mfutils.core.processes import gather_items, world\n"
+                   "from mfutils.run.parallel import in_processes\n"
+                   "def ranks():\n    return gather_items([world().rank])\n"
+                   "result = in_processes(ranks, processes=2, threads=1)\n"
+                   "assert result == [0, 1], f'ranks gathered from a kernel: {result}'\n"
+                   "assert world().size == 1, 'the kernel itself stays alone'\n"
+                   "print('ranks', result)"},
+    ],
+    "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+    "nbformat": 4, "nbformat_minor": 5,
+}
+
+
+@pytest.mark.chain
+def test_in_processes_starts_its_group_from_a_notebook_kernel(tmp_path: Path) -> None:
+    """accelerate's notebook_launcher, as its docs use it: from inside a Jupyter kernel (papermill runs one)."""
+    import papermill as pm
+
+    from mfutils.run.chain import kernel_name
+
+    src, dst = tmp_path / "in.ipynb", tmp_path / "out.ipynb"
+    src.write_text(json.dumps(KERNEL_NOTEBOOK))
+    pm.execute_notebook(str(src), str(dst), kernel_name=kernel_name(), progress_bar=False, cwd=str(tmp_path))
+    outputs = json.loads(dst.read_text())["cells"][0]["outputs"]
+    assert any("ranks [0, 1]" in "".join(o.get("text", "")) for o in outputs), outputs

@@ -10,7 +10,8 @@ paths
 processes
     Processes: which of N cooperating processes this one is, which share of the work is its own, and how the
     shares are put back together (issue 17; torch.distributed, gloo backend).
-    API: World, world, is_main, share, gather_items, gather_rows, barrier, leave, ProcessGroupError, TIMEOUT_ENV
+    API: World, world, is_main, share, gather_items, gather_rows, barrier, in_lockstep, coordinate_only, leave,
+         ProcessGroupError, TIMEOUT_ENV
 provenance
     Provenance: what code, packages and machine produced a result.
     API: git_commit, sha256_file, environment

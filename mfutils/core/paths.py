@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from mfutils.core.processes import is_main
+from mfutils.core.processes import barrier, in_lockstep, is_main
 
 __all__ = ["repo_root", "output_root", "checkpoint_dir", "figures_dir", "results_dir", "model_slug", "notebooks_dir",
            "display_path", "atomic_output", "atomic_write_text", "atomic_write_bytes"]
@@ -90,7 +90,8 @@ def atomic_output(path: Path | str) -> Iterator[Path]:
     a run killed mid-write leaves the previous version (or nothing) in place.
 
     In a group of processes (``mfutils.core.processes``) only the main one writes: the others get a path in
-    a temporary folder that is deleted on exit (every process runs the same code; their results are equal).
+    a temporary folder that is deleted on exit (every process runs the same code; their results are equal),
+    and every process then waits until the main one's file is in place (``in_lockstep``), so each can read it.
 
     Example::
 
@@ -101,6 +102,8 @@ def atomic_output(path: Path | str) -> Iterator[Path]:
     if not is_main():
         with tempfile.TemporaryDirectory(prefix="mf-not-main-") as scratch:
             yield Path(scratch) / path.name
+        if in_lockstep():
+            barrier()                     # rank 0's file is in place: this process may read it
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".partial{path.suffix}", dir=path.parent)
@@ -109,6 +112,8 @@ def atomic_output(path: Path | str) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+        if in_lockstep():
+            barrier()
     finally:
         tmp.unlink(missing_ok=True)
 

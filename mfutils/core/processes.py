@@ -6,7 +6,10 @@ loop that is allowed to spread (``mfutils.measure.prepared.per_batch`` and ``stu
 with ``fills=``) runs the batches ``b`` with ``b % size == rank`` and then gathers, so that every process holds
 every sample's result, in sample order, before anything is computed from them. Random sets and bootstrap draws
 are drawn after the gather from the same seeds in every process, so they do not depend on the process count.
-Only the main process (rank 0) writes files (``mfutils.core.paths.atomic_output`` discards the others' writes).
+Only the main process (rank 0) writes files: ``mfutils.core.paths.atomic_output`` discards the others' writes
+and then waits until rank 0's file is in place, so a process may read back what "it" just wrote (every process
+must therefore make the same writes, as SPMD code does). A chain runner, whose group only carries messages
+between runners, calls ``coordinate_only()``: its writes are rank 0's own and wait for nobody.
 
 A process joins a group when its environment says so: ``WORLD_SIZE`` > 1 with ``RANK``, ``MASTER_ADDR`` and
 ``MASTER_PORT`` (what ``torchrun``, ``accelerate launch`` and ``mf reproduce --processes N`` set). The gather
@@ -23,6 +26,8 @@ share(n) -> list[int]              the items of range(n) this process runs: rank
 gather_items(items) -> list        every process's list, joined in rank order (all processes get it)
 gather_rows(rows, arrays)          fill, in place, the entries of ``arrays`` that other processes computed
 barrier()                          wait for every process
+in_lockstep() -> bool              in a group whose processes run the same code (not a chain runner's)
+coordinate_only()                  mark this process as a coordinator (a chain runner): writes wait for nobody
 leave()                            leave the group (tests; a process that ends leaves it anyway)
 ProcessGroupError                  the group could not be joined, or a peer failed
 
@@ -43,8 +48,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-__all__ = ["World", "world", "is_main", "share", "gather_items", "gather_rows", "barrier", "leave",
-           "ProcessGroupError", "TIMEOUT_ENV"]
+__all__ = ["World", "world", "is_main", "share", "gather_items", "gather_rows", "barrier", "in_lockstep",
+           "coordinate_only", "leave", "ProcessGroupError", "TIMEOUT_ENV"]
 
 TIMEOUT_ENV = "MF_PROCESS_TIMEOUT"       # seconds a collective may wait for a peer (default 10800: a chain
                                          # runner waits for the slowest rank's notebook; a dead peer is seen at once)
@@ -70,6 +75,7 @@ class World:
 
 
 _WORLD: World | None = None
+_LOCKSTEP = True
 
 
 def _env_int(name: str, default: int) -> int:
@@ -199,6 +205,20 @@ def barrier() -> None:
     """Wait until every process of the group gets here (alone: return)."""
     if world().size > 1:
         gather_items([None])
+
+
+def in_lockstep() -> bool:
+    """True in a group of more than one process that all run the same code (a notebook's kernels, the workers
+    of ``mfutils.run.parallel.in_processes``, a script under accelerate launch); False alone and in a chain
+    runner (``coordinate_only``). Example: ``in_lockstep()`` -> False in a plain Python session."""
+    return _LOCKSTEP and world().size > 1
+
+
+def coordinate_only() -> None:
+    """Mark this process as a coordinator (the chain runner): its group carries messages only, so its file writes
+    are rank 0's alone and wait for no other process. Example: ``coordinate_only()`` before the runner writes."""
+    global _LOCKSTEP
+    _LOCKSTEP = False
 
 
 def leave() -> None:

@@ -203,6 +203,8 @@ def run_chain(model: str = "smol", smoke: bool = False, only: Sequence[str] | No
     notebook that runs in its own kernel, one rank of a group per notebook, and the analyses spread their
     batches over those kernels. A failure in any rank ends the run with that rank's error.
     """
+    if group.world().size > 1:
+        group.coordinate_only()           # the runners' group carries orders; only the kernels run in lockstep
     if group.world().size > 1 and not group.is_main():
         return _follow_chain()
     try:
