@@ -6,6 +6,8 @@ GROUP_COLORS                                   one colour per token group (colou
 tokens_html(mm, enc, i, collapse_image=True) -> str   sample i's tokens as HTML spans coloured by group
 legend_html() -> str                           the colour legend
 plot_gallery(samples, ncols=3) -> Figure       images with their segments and answers as captions
+dataset_note(notebook, dataset, mc2_json="", model="") -> str   Markdown: which data this run reads, and which
+                                               of the notebook's sections describe it
 
 Example::
 
@@ -26,7 +28,7 @@ from mfutils.model.groups import Encoded
 from mfutils.model.loading import MLLM
 from mfutils.data.prompts import GROUP_NAMES
 
-__all__ = ["GROUP_COLORS", "tokens_html", "legend_html", "plot_gallery"]
+__all__ = ["GROUP_COLORS", "tokens_html", "legend_html", "plot_gallery", "dataset_note"]
 
 _PALETTE = sns.color_palette("colorblind", len(GROUP_NAMES)).as_hex()
 GROUP_COLORS: dict[str, str] = {g: c for g, c in zip(GROUP_NAMES, _PALETTE)}
@@ -78,3 +80,36 @@ def plot_gallery(samples: Sequence[Any], ncols: int = 3, width: float = 7.0) -> 
         ax.set_title("\n".join(textwrap.fill(x, 34) for x in lines), fontsize=5.5, loc="left")
     fig.tight_layout()
     return fig
+
+
+def dataset_note(notebook: str, dataset: str, mc2_json: str = "", model: str = "") -> str:
+    """A Markdown paragraph for notebooks 00 (``notebook="00"``) and 01 (``"01"``): the data this run reads (the
+    synthetic world, or MC² from ``mc2_json`` in the format its fields show), and which sections of the notebook
+    describe it; the prose cells of those notebooks are written for the world.
+
+    Example: ``display(Markdown(dataset_note("01", dataset, mc2_json, model)))``
+    """
+    if dataset != "mc2":
+        return (f"**Data of this run: the synthetic world** (`dataset=\"world\"`), for `{model or 'the model'}`. "
+                "Every section below describes it.")
+    import json
+    from pathlib import Path
+
+    from mfutils.data.mc2_files import detect_format
+
+    path = Path(mc2_json)
+    try:
+        fmt = detect_format(json.loads(path.read_text()), str(path))
+        kind = ("MC²'s evaluation file (no instruction in the records: both of ours are built)" if fmt == "mc2" else
+                "a per-model file of the Instruction Anchor authors (its own instruction sentence, question form "
+                "and candidate lists)")
+    except (OSError, ValueError) as exc:
+        kind = f"a file that could not be read here ({type(exc).__name__})"
+    head = f"**Data of this run: MC²**, `{path.name}`: {kind}; model `{model or 'in use'}`. "
+    if notebook == "00":
+        return head + ("The model card describes how the model was trained (for the shipped models: on the synthetic "
+                       "world). The rates below are MC²'s modality-following ratios per instruction and the accuracy "
+                       "on each record's image-only and text-only versions, not the world's categories.")
+    return head + ("The gallery, the instruction paraphrases and the training mix below describe the synthetic world "
+                   "the shipped models were trained on, shown for reference only; the token groups, the splits, the "
+                   "per-model filter and the checks use MC²'s records.")

@@ -25,7 +25,7 @@ Public API
 ----------
 PLANNED                              the notebooks of the study in order, with what each shows
 built_notebooks() -> list[Path]      the source notebooks present in notebooks/
-describe_chain() -> str              built vs planned, one line each
+describe_chain(model, dataset, mc2_json) -> str   built vs planned, one line each, for the data in use
 notebook_parameters(nb) -> dict      the notebook's parameters: name -> (type name, default, help)
 check_parameters(params, nbs)        raise ChainParameterError for an unknown name, a value of the wrong type
                                      or a number out of range (``mfutils.run.args.parameter_problem``)
@@ -80,10 +80,29 @@ def built_notebooks() -> list[Path]:
     return sorted(p for p in notebooks_dir().glob("[0-9][0-9]_*.ipynb") if ".ipynb_checkpoints" not in p.parts)
 
 
-def describe_chain() -> str:
+# What notebooks 00 and 01 show with dataset="mc2" (the others' lines do not name a dataset)
+_MC2_LINES = {
+    "00_model": "the model {model}: modality-following ratios on MC2 ({file}) and its image-only and text-only "
+                "accuracy",
+    "01_data_construction": "MC2 records ({file}): token groups, the per-model filter, splits and checksums (the "
+                            "synthetic world's gallery for reference)",
+}
+
+
+def describe_chain(model: str | None = None, dataset: str = "world", mc2_json: str = "") -> str:
+    """The chain, one line per notebook, built or not, describing the data in use: the synthetic world, or
+    ``dataset="mc2"`` (file ``mc2_json``) for notebooks 00 and 01.
+
+    Example: ``print(describe_chain("tiny", "mc2", "/data/evaluate_final.json"))``
+    """
     built = {p.stem for p in built_notebooks()}
-    lines = ["notebook chain (make reproduce):"]
+    lines = ["notebook chain (make reproduce)" + (f", dataset MC2 ({Path(mc2_json).name or 'no file given'})"
+                                                  if dataset == "mc2" else "") + ":"]
     for stem, what in PLANNED:
+        if stem == "00_model" and model is not None and dataset != "mc2":
+            what = what.replace("the default model", f"the model {model}")
+        if dataset == "mc2" and stem in _MC2_LINES:
+            what = _MC2_LINES[stem].format(model=model or "in use", file=Path(mc2_json).name or "no file given")
         lines.append(f"  [{'built' if stem in built else 'NOT BUILT YET'}] {stem}: {what}")
     extra = sorted(built - {s for s, _ in PLANNED})
     lines += [f"  [built] {s}" for s in extra]
@@ -289,7 +308,8 @@ def _lead_chain(model: str, smoke: bool, only: Sequence[str] | None, force: bool
     out_dir.mkdir(parents=True, exist_ok=True)
     state_path = res_dir / records.STATE_FILE
     state = records.new_state(model) if force else records.read_state(state_path, model)
-    print(describe_chain(), flush=True)
+    print(describe_chain(model, str(parameters.get("dataset", "world")), str(parameters.get("mc2_json", ""))),
+          flush=True)
     kernel = kernel_name()
     env = environment()
     n_proc = group.world().size
