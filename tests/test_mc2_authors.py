@@ -168,13 +168,15 @@ def test_the_filter_can_be_turned_on_for_an_authors_file(tmp_path: Path, monkeyp
         _manifest(tmp_path, monkeypatch, 24, {"identify": 8}, model_filter=True)
 
 
-def test_mf_eval_reads_an_authors_file_and_counts_causes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("arch", ["llava", "qwen2_vl", "qwen2_5_vl", "internvl"])
+def test_mf_eval_reads_an_authors_file_and_counts_causes(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                         arch: str) -> None:
     from mfutils.run.cli import main
 
     path = write_authors_file(tmp_path, "text")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        rc = main(["eval", "--model", "random:llava", "--dataset", "mc2", "--mc2-json", str(path), "--coco-root",
+        rc = main(["eval", "--model", f"random:{arch}", "--dataset", "mc2", "--mc2-json", str(path), "--coco-root",
                    str(tmp_path), "--n", "6", "--json"])
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     # the random model's world words know red/blue/yellow/green only: 2 records scorable, the others say why

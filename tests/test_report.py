@@ -190,7 +190,9 @@ def test_combined_report_puts_the_shipped_models_side_by_side(out: str) -> None:
     assert "| claim | paper | `smol` | `tiny` | changes |" in text
     assert all(len(_row(text, f"C{i}")) == 5 for i in range(1, 13))  # the first row of each claim: side by side
     c1 = _row(text, "C1")
-    assert c1[2] == "[**not reproduced**](#model-smol)" and c1[3] == "[**reproduced**](#model-tiny)"
+    assert c1[2].startswith("[**not reproduced**](#model-smol)<br>") and c1[3].startswith("[**reproduced**](#model-tiny)<br>")
+    for cell in c1[2:4]:                         # under each verdict, the measurement that decided it, with its n
+        assert "strongest shallow" in cell and "(n=" in cell and "; " not in cell.split("<br>", 1)[1], cell
     assert c1[4] == "yes"
     assert _row(text, "C5")[2:] == ["[**not measured**](#model-smol)", "[**not measured**](#model-tiny)", "—"]
     # one section per shipped model, smol first; rules and amendments once, at the end

@@ -16,7 +16,8 @@ strongest_knockout(results) -> dict          C2's strongest instruction->last wi
 knockout_layer(results), knockout_effect(results), identified_heads(results), heads_share(results),
 block_drop(results) -> str                   the other cells of ROWS
 anchor(model) -> str                         the Markdown anchor of the report's "## Model `<model>`" section
-side_by_side(verdicts, statements) -> list[str]   Markdown lines: claim | paper | verdict per model | changes
+side_by_side(verdicts, statements) -> list[str]   Markdown lines: claim | paper | verdict and headline per model | changes
+headline(measured) -> str          the first clause of a rule's measured text: its deciding number, interval and n
 contrast_table(results) -> list[str]         Markdown lines: one row of ROWS each, one column per model
 
 Example::
@@ -33,7 +34,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 from mfutils.present.rules_common import MISSING, MissingMeasurement, fmt, num
 from mfutils.present.rules_flow import c2_windows
 
-__all__ = ["NOT_MEASURED", "ROWS", "Results", "architecture", "strongest_knockout", "knockout_layer",
+__all__ = ["NOT_MEASURED", "ROWS", "Results", "headline", "architecture", "strongest_knockout", "knockout_layer",
            "knockout_effect", "identified_heads", "heads_share", "block_drop", "anchor", "side_by_side",
            "contrast_table"]
 
@@ -145,9 +146,24 @@ def anchor(model: str) -> str:
     return re.sub(r"[^a-z0-9 _-]", "", f"model {model}".lower()).replace(" ", "-")
 
 
+def headline(measured: str) -> str:
+    """The first clause of a rule's measured text (up to its first "; " outside brackets): each rule states its deciding number
+    there, with its interval and n; the model's section below the table has the whole text.
+
+    Example: ``headline("drop 0.23 [0.18, 0.30] (n=200); random sets ...")`` -> ``"drop 0.23 [0.18, 0.30] (n=200)"``
+    """
+    depth = 0
+    for i, ch in enumerate(measured):
+        depth += {"(": 1, "[": 1, ")": -1, "]": -1}.get(ch, 0)
+        if depth == 0 and measured.startswith("; ", i):
+            return measured[:i].strip()
+    return measured.strip()
+
+
 def side_by_side(verdicts: Mapping[str, Sequence[_Verdict]], statements: Mapping[str, str]) -> list[str]:
     """The claim-by-claim table: claim | paper | one verdict column per model (each linking to its section;
-    the original rule's verdict added where an amendment changed it) | changes (yes where the measured
+    the original rule's verdict added where an amendment changed it; under it the measurement that decided it,
+    ``headline``) | changes (yes where the measured
     verdicts differ, no where they agree, — where fewer than two models have a verdict)."""
     models = list(verdicts)
     lines = ["| claim | paper | " + " | ".join(f"`{m}`" for m in models) + " | changes |",
@@ -163,6 +179,8 @@ def side_by_side(verdicts: Mapping[str, Sequence[_Verdict]], statements: Mapping
             cell = f"[**{v.verdict}**](#{anchor(m)})"
             if v.changed:
                 cell += f"<br>(original rule: {v.original_verdict})"
+            if v.verdict != NOT_MEASURED and v.measured:
+                cell += f"<br>{headline(v.measured)}"
             cells.append(cell)
             if v.verdict != NOT_MEASURED:
                 measured.add(v.verdict)

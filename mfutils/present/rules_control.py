@@ -79,19 +79,23 @@ def c7_amended(r: dict[str, Any], th: dict[str, float]) -> tuple[str, str]:
     c, b = r["06"], r.get("04")
     h = c["held_out"]
     ov = h["overlap"]
+    which = "held-out prompts" if ov is not None else "prompts (training stream unknown)"
+    cat = h["max_drop_category"]
+    if cat in h.get("drop", {}):           # the deciding number first (the report's side-by-side table shows it)
+        text = (f"largest accuracy drop on the {which} {_ci(h['drop'][cat], 'value')} ({cat}, n={h['n'][cat]} of "
+                f"{h['n_total']}) with the identified heads blocked; ")
+    else:
+        text = f"largest accuracy drop on the {which} {fmt(h['max_drop_identified'], 3)} (n={h['n_total']}); "
     if ov is not None:
         per_ov = ", ".join(f"{k} {v['in_training']}/{v['n']}" for k, v in ov["per_category"].items())
         where = f"the {ov['stream']['n']} training samples" if ov.get("stream") else "the training stream"
-        text = (f"{ov['in_training']}/{ov['n']} capability prompts occur verbatim in {where} ({per_ov}); "
-                f"on the {h['n_total']} held-out prompts: ")
-    else:
-        text = f"training stream unknown, all {h['n_total']} prompts: "
+        text += (f"{ov['in_training']}/{ov['n']} of the notebook's capability prompts occur verbatim in {where} "
+                 f"({per_ov}); ")
     absent = [k for k, n in h["n"].items() if n == 0]
     per = "; ".join(f"{k} {_ci(h['base'][k])} -> {_ci(h['identified'][k])}, drop {_ci(h['drop'][k], 'value')} "
                     f"(n={h['n'][k]})" for k in h["categories"])
     rnd = h["random"]
-    text += (f"largest accuracy drop {fmt(h['max_drop_identified'], 3)} ({h['max_drop_category']}) with the identified "
-             f"heads blocked; {per}" + (f"; no held-out prompt in {', '.join(absent)}" if absent else "") +
+    text += (per + (f"; no held-out prompt in {', '.join(absent)}" if absent else "") +
              f"; {rnd['n_sets']} A1 random sets, largest drop: {_null(rnd['max_null'])}, {_p(rnd['empirical_p'])}")
     if not h["categories"]:
         return NA, text + "; no held-out prompt"
@@ -155,7 +159,7 @@ def c9_amended(r: dict[str, Any], th: dict[str, float]) -> tuple[str, str]:
          else PARTLY if x > num(null["hi"]) else NOT)
     per = "; ".join(f"{k}: {_ci(q['identified_relative_drop'], 'mean')} vs random mean {fmt(q['null']['mean'])}, "
                     f"p {fmt(q['empirical_p']['p'], 3)} (n={q['n']})" for k, q in c["per_instruction"].items())
-    return v, (f"relative MFR drop on {c['n_samples']} test samples: identified {_ci(d, 'mean')} (paired bootstrap); "
+    return v, (f"relative MFR drop, identified {_ci(d, 'mean')} (paired bootstrap, n={c['n_samples']} test samples); "
                f"{c['n_sets']} random sets of {c['k']} heads from the {c['drawn_from']} non-identified heads on the "
                f"same samples: {_null(null)}; {_p(p)}; per instruction {per}")
 
