@@ -40,6 +40,7 @@ Example::
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 import time
@@ -131,6 +132,9 @@ def world() -> World:
         except Exception as exc:  # noqa: BLE001 - re-raised with what to check
             raise ProcessGroupError(f"could not join the group of {size} processes as rank {rank} at "
                                     f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}: {exc}") from exc
+        # leave before the interpreter tears down: a gloo group destroyed by the C++ static destructors instead
+        # aborts the process ("terminate called without an active exception", SIGABRT: seen at a runner's exit)
+        atexit.register(leave)
     _WORLD = World(rank=rank, size=size, local_rank=_env_int("LOCAL_RANK", rank),
                    local_size=_env_int("LOCAL_WORLD_SIZE", size))
     return _WORLD
