@@ -34,6 +34,8 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
@@ -135,8 +137,9 @@ def in_processes(fn: Callable[..., Any], *args: Any, processes: int = 2, threads
         try:
             for q in quiet:
                 q.setLevel(logging.CRITICAL)
-            notebook_launcher(_entry, args=(fn, args, kwargs, folder, per), num_processes=processes,
-                              use_port=str(free_port()))
+            with contextlib.redirect_stdout(io.StringIO()):   # accelerate's "Launching training on 2 CUDAs." (sic)
+                notebook_launcher(_entry, args=(fn, args, kwargs, folder, per), num_processes=processes,
+                                  use_port=str(free_port()))
         except Exception as exc:  # noqa: BLE001 - replaced by the failing rank's own error when there is one
             records = [json.loads(p.read_text()) for p in sorted(Path(folder).glob("error-*.json"))]
             first = primary_error(records)
