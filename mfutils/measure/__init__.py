@@ -15,10 +15,10 @@ margins
     API: EPS, SMALL_MARGIN, margins, inssd, ratio_of_means, inssd_estimators, flips, instructed_wins
 prefix
     Prefix reuse, checked: one clean forward per batch that interventions rerun from (design section 4).
-    API: PREFIX_REUSE, checked_trace, merge_status
+    API: PREFIX_REUSE, checked_trace, merge_status, merge_statuses
 prepared
     Samples encoded once and reused across interventions, and the one batch loop that survives out of memory.
-    API: Batch, Prepared, prepare, batches, n_batches, samples_of, per_batch, NOT_RUN
+    API: Batch, Prepared, prepare, batches, n_batches, samples_of, per_batch, NOT_RUN, Fill
 sequence
     Full-sequence candidate scoring: the teacher-forced log-probability of every token of each candidate answer.
     API: sequence_logprobs, side_words, sequence_margins

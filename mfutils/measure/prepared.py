@@ -9,7 +9,7 @@ prepare(mm, samples | Prepared, batch_size=64) -> Prepared    encode once (a Pre
 batches(mm, samples | Prepared, batch_size) -> Iterator[Batch]  stored batches, or encoded on the fly
 n_batches(samples | Prepared, batch_size) -> int              how many batches ``batches`` yields
 samples_of(samples | Prepared) -> list[Sample]
-per_batch(mm, data, batch_size, fn, desc, fills=None) -> list[int]   fn(batch) on every batch; halves on out
+per_batch(mm, data, batch_size, fn, desc, fills=None) -> None   fn(batch) on every batch; halves on out
                                                of memory; with ``fills`` spread over processes and gathered
 Fill = (array, sample_axis)                    an array that a batch function fills by sample index
 
@@ -127,10 +127,10 @@ def samples_of(samples: Sequence[Sample] | Prepared) -> list[Sample]:
 
 
 def per_batch(mm: MLLM, samples: Sequence[Sample] | Prepared, batch_size: int, fn: Callable[[Batch], object],
-              desc: str, fills: Sequence[Fill] | None = None) -> list[int]:
+              desc: str, fills: Sequence[Fill] | None = None) -> None:
     """Call ``fn(batch)`` on every batch of ``samples``; on out of memory, retry that batch's samples in
     halves with a warning (``mfutils.model.batching.run_batched``). ``fn`` writes its results by sample index.
-    Once halved, later batches start at the smaller size. Returns the numbers of the batches run here.
+    Once halved, later batches start at the smaller size.
 
     ``fills``: the arrays ``fn`` writes, each as ``(array, sample_axis)``. Given (even empty), the batches are
     spread over the processes of a group (``mfutils.core.processes``: batch b runs in rank b % size) and
@@ -166,4 +166,3 @@ def per_batch(mm: MLLM, samples: Sequence[Sample] | Prepared, batch_size: int, f
         rows.extend(batch.index)
     if fills is not None:
         gather_rows(rows, fills)
-    return mine

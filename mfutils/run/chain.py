@@ -56,6 +56,7 @@ from mfutils.core import processes as group
 from mfutils.core.paths import atomic_write_text, display_path, figures_dir, notebooks_dir, results_dir
 from mfutils.run import state as records
 from mfutils.run.args import parameter_problem
+from mfutils.run.parallel import primary_error
 
 __all__ = ["PLANNED", "built_notebooks", "describe_chain", "run_chain", "kernel_name", "store_checked_outputs",
            "notebook_parameters", "check_parameters", "parse_parameter", "ChainParameterError"]
@@ -282,12 +283,6 @@ def _follow_chain() -> int:
             group.gather_items([status])
 
 
-def _first_failure(statuses: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
-    """The failure that started it: the lowest rank whose error is not a failed gather (else the lowest)."""
-    failed = [s for s in statuses if not s.get("ok")]
-    return sorted(failed, key=lambda s: (bool(s.get("secondary")), int(s.get("rank", 0))))[0] if failed else None
-
-
 def _lead_chain(model: str, smoke: bool, only: Sequence[str] | None, force: bool,
                 params: Mapping[str, Any] | None) -> int:
     """The chain in rank 0 (or alone): see ``run_chain``."""
@@ -362,7 +357,7 @@ def _lead_chain(model: str, smoke: bool, only: Sequence[str] | None, force: bool
         statuses = [_run_notebook(nb, dst, nb_params, kernel, port)]
         if n_proc > 1:
             statuses = group.gather_items(statuses)
-        failed = _first_failure(statuses)
+        failed = primary_error([s for s in statuses if not s["ok"]])     # the failure that started it
         if failed is not None:
             records.relative_metadata(dst)
             rank = f" (process {failed['rank']} of {n_proc})" if n_proc > 1 else ""

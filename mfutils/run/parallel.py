@@ -44,7 +44,7 @@ import socket
 import sys
 import tempfile
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +101,7 @@ def _entry(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
         group.leave()
 
 
-def primary_error(records: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+def primary_error(records: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
     """The error that started a failure: the lowest rank whose error is not a failed gather (else the lowest)."""
     if not records:
         return None
