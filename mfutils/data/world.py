@@ -1,4 +1,4 @@
-"""The synthetic modality-conflict world (design section 2): rendered objects, text contexts, instructions.
+"""The synthetic modality-conflict world (paper/METHOD.md): rendered objects, text contexts, instructions.
 
 Every sample is a ``mfutils.data.sample.Sample``: a ``Prompt`` (image + named text segments) with its answers.
 The image shows one object (a colour and a shape on a noisy dark background); the text context describes an
@@ -22,7 +22,10 @@ TRAIN_MIX                               the training category shares (the text p
 INSTRUCTION_TEMPLATES, HELDOUT_TEMPLATES   the instruction paraphrases and which are evaluation-only
 vocabulary() -> list[str]               every word the world can emit
 render_image(color, shape, rng) -> np.ndarray   64x64x3 uint8
-SPLITS, make_split(name, n)             the named held-out splits (identify, test, controls, capability)
+SPLITS, make_split(name, n)             the named held-out splits (identify, test, controls, capability, and
+                                        pilot/identify/test/pool per instruction position)
+POSITIONS, SEGMENT_ORDERS               instruction position -> prompt variant; variant -> segment order
+position_split(kind, position) -> str   e.g. "pool_first"
 counterparts_world(sample) -> (image_only, text_only)   the two single-modality versions of a conflict sample
 
 Example::
@@ -45,7 +48,8 @@ from mfutils.data.sample import CONFLICT_CATEGORIES, Sample
 __all__ = [
     "COLORS", "SHAPES", "ATTRIBUTES", "CATEGORIES", "VARIANTS", "TRAIN_MIX", "INSTRUCTION_TEMPLATES",
     "HELDOUT_TEMPLATES", "make_sample", "make_samples", "vocabulary", "render_image", "IMAGE_SIZE", "TRAIN_SEED",
-    "HELDOUT_SEEDS", "SPLITS", "make_split", "DATASET_VERSION", "VARIANT_MIX", "counterparts_world",
+    "HELDOUT_SEEDS", "SPLITS", "make_split", "DATASET_VERSION", "VARIANT_MIX", "counterparts_world", "POSITIONS",
+    "SEGMENT_ORDERS", "POSITION_KINDS", "position_split",
 ]
 
 IMAGE_SIZE = 64
@@ -60,12 +64,24 @@ COLORS: dict[str, tuple[int, int, int]] = {
 SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond")
 ATTRIBUTES = ("color", "shape")
 CATEGORIES = ("follow_image", "follow_text", "no_instruction", "agree", "image_only", "text_only")
-VARIANTS = ("standard", "system", "instruction_last")
+VARIANTS = ("standard", "system", "instruction_last", "instruction_first", "instruction_after_image")
+# Where the instruction stands. Training renders only "standard" and "instruction_last" (and "system"); "first" and
+# "after_image" are held-out positions, never seen in training. position -> prompt variant.
+POSITIONS: dict[str, str] = {"first": "instruction_first", "after_image": "instruction_after_image",
+                             "standard": "standard", "last": "instruction_last"}
+# Segment order of each variant (a segment a category lacks is left out).
+SEGMENT_ORDERS: dict[str, tuple[str, ...]] = {
+    "standard": ("system", "image", "context", "instruction", "question", "constraint"),
+    "system": ("system", "image", "context", "instruction", "question", "constraint"),
+    "instruction_last": ("system", "image", "context", "question", "constraint", "instruction"),
+    "instruction_first": ("system", "instruction", "image", "context", "question", "constraint"),
+    "instruction_after_image": ("system", "image", "instruction", "context", "question", "constraint"),
+}
 
 # Training mix, fixed before any training or analysis. Text-side data dominates (follow_text +
 # no_instruction + text_only = 0.50 against follow_image + image_only = 0.33), as text dominates the data
 # of real MLLMs; with no instruction the world's default answer is the text's. This is the "prior
-# toward the text" of design section 2.
+# toward the text" (paper/METHOD.md).
 TRAIN_MIX: dict[str, float] = {
     "follow_image": 0.18, "follow_text": 0.25, "no_instruction": 0.10,
     "agree": 0.17, "image_only": 0.15, "text_only": 0.15,
@@ -247,10 +263,7 @@ def make_sample(seed: int, index: int, category: str | None = None, *, variant: 
     if variant == "system":
         segs["system"] = _choice(rng, SYSTEMS)
 
-    order_names = ["system", "image", "context", "instruction", "question", "constraint"]
-    if variant == "instruction_last":
-        order_names = ["system", "image", "context", "question", "constraint", "instruction"]
-    segments = tuple((n, "" if n == "image" else segs[n]) for n in order_names if n == "image" or n in segs)
+    segments = tuple((n, "" if n == "image" else segs[n]) for n in SEGMENT_ORDERS[variant] if n == "image" or n in segs)
 
     image_answer = img[attribute] if has_image_object else None
     text_answer = txt[attribute] if has_context else None
@@ -312,6 +325,24 @@ SPLITS: dict[str, dict[str, object]] = {
     # a large pool of conflict samples from which the analyses keep the model's failures (C8, C10)
     "fail_pool": {"seed": 4004, "categories": ("follow_image", "follow_text"), "variant": "standard"},
 }
+# Where the instruction stands: for each position of ``POSITIONS`` a pilot split (the behaviour that sized the failure
+# pool before anything else was measured), an identification split (head scores), a test split (knockout curves,
+# blocking) and a pool (MFR per position x instruction; the failures of C8 and C10). Seeds 5100 + 100 * kind +
+# position index: disjoint from every other split and from training (seed 0).
+POSITION_KINDS = ("pilot", "identify", "test", "pool")
+for _k, _kind in enumerate(POSITION_KINDS):
+    for _p, (_pos, _variant) in enumerate(POSITIONS.items()):
+        SPLITS[f"{_kind}_{_pos}"] = {"seed": 5100 + 100 * _k + _p, "categories": ("follow_image", "follow_text"),
+                                     "variant": _variant}
+
+
+def position_split(kind: str, position: str) -> str:
+    """The name of the ``kind`` split (``POSITION_KINDS``) at ``position`` (``POSITIONS``): ``"pool_first"``."""
+    if kind not in POSITION_KINDS:
+        raise ValueError(f"unknown position split kind {kind!r}; use one of {POSITION_KINDS}")
+    if position not in POSITIONS:
+        raise ValueError(f"unknown instruction position {position!r}; use one of {tuple(POSITIONS)}")
+    return f"{kind}_{position}"
 
 
 def make_split(name: str, n: int) -> list[Sample]:
