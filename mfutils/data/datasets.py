@@ -19,6 +19,7 @@ mm=mm)``.
 Public API
 ----------
 DEFAULT_SIZES, SMOKE_SIZES, MC2_SIZES   samples per split for full and smoke runs, and for MC2
+POSITION_SIZES, POSITION_SMOKE_SIZES    the instruction-position splits' part of the first two
 write_split_manifest(model, sizes, dataset="world", mc2_json="", coco_root="", keep=None, filtered_for=None,
                      form="open", model_filter=None, question_form="question3")
                                   -> dict   generate every split, write the manifest (atomic)
@@ -46,9 +47,9 @@ from mfutils.core.paths import atomic_write_text, results_dir
 from mfutils.data import mc2
 from mfutils.data.mc2_files import MODEL_FILTER_DEFAULT
 from mfutils.data.sample import Sample, dataset_checksum
-from mfutils.data.world import DATASET_VERSION, SPLITS, make_split
+from mfutils.data.world import DATASET_VERSION, POSITIONS, SPLITS, make_split
 
-__all__ = ["DEFAULT_SIZES", "SMOKE_SIZES", "write_split_manifest", "load_split", "DatasetMismatchError", "manifest_path",
+__all__ = ["DEFAULT_SIZES", "SMOKE_SIZES", "POSITION_SIZES", "POSITION_SMOKE_SIZES", "write_split_manifest", "load_split", "DatasetMismatchError", "manifest_path",
            "manifest_dataset", "DATASETS", "MC2_SIZES", "MIN_SPLIT_SAMPLES", "SplitSizeWarning", "SplitTooSmallError"]
 
 DATASETS = ("world", "mc2")
@@ -59,6 +60,15 @@ DEFAULT_SIZES: dict[str, int] = {"identify": 128, "test": 200, "test_system": 10
                                  "capability": 150, "fail_pool": 1000}
 SMOKE_SIZES: dict[str, int] = {"identify": 24, "test": 32, "test_system": 16, "test_instruction_last": 16,
                                "capability": 24, "fail_pool": 64}
+# Where the instruction stands (notebook 08; A8, A9 of paper/claims.yaml): per position a pilot (the behaviour that
+# sized the pool), an identification split (head scores), a test split (knockout curves; C6 and C9 at position
+# first) and a pool (MFR per position x instruction at n = 500 each; the failures of C8 and C10 on smol).
+POSITION_SIZES: dict[str, int] = {f"{kind}_{pos}": n for pos in POSITIONS
+                                  for kind, n in (("pilot", 200), ("identify", 64), ("test", 200), ("pool", 1000))}
+POSITION_SMOKE_SIZES: dict[str, int] = {f"{kind}_{pos}": n for pos in POSITIONS
+                                        for kind, n in (("pilot", 8), ("identify", 8), ("test", 16), ("pool", 32))}
+DEFAULT_SIZES.update(POSITION_SIZES)
+SMOKE_SIZES.update(POSITION_SMOKE_SIZES)
 
 
 # MC2 has 2,000 records (1,000 per half); the fail pool is the test half (failures are found there).

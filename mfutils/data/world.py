@@ -26,6 +26,8 @@ SPLITS, make_split(name, n)             the named held-out splits (identify, tes
                                         pilot/identify/test/pool per instruction position)
 POSITIONS, SEGMENT_ORDERS               instruction position -> prompt variant; variant -> segment order
 position_split(kind, position) -> str   e.g. "pool_first"
+twin(sample) -> Sample                  the counterfactual twin: the same image, context, question, constraint,
+                                        template, words and position, with the instruction flipped
 counterparts_world(sample) -> (image_only, text_only)   the two single-modality versions of a conflict sample
 
 Example::
@@ -49,7 +51,7 @@ __all__ = [
     "COLORS", "SHAPES", "ATTRIBUTES", "CATEGORIES", "VARIANTS", "TRAIN_MIX", "INSTRUCTION_TEMPLATES",
     "HELDOUT_TEMPLATES", "make_sample", "make_samples", "vocabulary", "render_image", "IMAGE_SIZE", "TRAIN_SEED",
     "HELDOUT_SEEDS", "SPLITS", "make_split", "DATASET_VERSION", "VARIANT_MIX", "counterparts_world", "POSITIONS",
-    "SEGMENT_ORDERS", "POSITION_KINDS", "position_split",
+    "SEGMENT_ORDERS", "POSITION_KINDS", "position_split", "twin",
 ]
 
 IMAGE_SIZE = 64
@@ -379,3 +381,24 @@ def counterparts_world(sample: Sample) -> tuple[Sample, Sample]:
         answer=sample.text_attrs[sample.attribute], image_answer=None, other_answer=None, instructed=None, template=None,
         heldout_template=False, image_attrs=None)
     return img_only, txt_only
+
+
+def twin(sample: Sample) -> Sample:
+    """The counterfactual twin of a follow-image or follow-text sample of the world: the other instruction with
+    everything else equal (image, context, question, constraint, instruction template, the template's word choice
+    and the position). ``make_sample`` draws the instruction last and from word lists of equal length, so the
+    twin is the same stream position rendered with the other category.
+
+    Example::
+
+        s = make_sample(1, 0, "follow_image"); t = twin(s)      # t.category == "follow_text"
+    """
+    if sample.category not in ("follow_image", "follow_text") or sample.template is None:
+        raise ValueError(f"sample {sample.index} of seed {sample.seed} is {sample.category!r}: only follow_image and "
+                         "follow_text samples of the world have a flipped-instruction twin")
+    other = "follow_text" if sample.category == "follow_image" else "follow_image"
+    out = make_sample(sample.seed, sample.index, other, variant=sample.variant, heldout=sample.heldout_template)
+    if out.template != sample.template or out.attribute != sample.attribute or not np.array_equal(np.asarray(out.prompt.image), np.asarray(sample.prompt.image)):
+        raise ValueError(f"sample {sample.index} of seed {sample.seed} was not drawn by make_sample with its own "
+                         "arguments: its twin differs beyond the instruction")
+    return out

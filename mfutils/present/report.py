@@ -48,21 +48,25 @@ from mfutils.present.rules_common import MISSING, MissingMeasurement, Rule
 from mfutils.present.rules_control import RULES as _CONTROL_RULES
 from mfutils.present.rules_flow import RULES as _FLOW_RULES
 from mfutils.present.rules_heads import RULES as _HEADS_RULES
+from mfutils.present.rules_position import RULES as _POSITION_RULES
+from mfutils.present.report_position import position_section
 from mfutils.study.results import read_results
 
 __all__ = ["load_claims", "verdict", "assess", "write_report", "write_shipped_report", "Verdict", "FIGURES", "RULES",
            "MissingMeasurement"]
 
-RULES: dict[str, Rule] = dict(sorted({**_FLOW_RULES, **_HEADS_RULES, **_CONTROL_RULES}.items(), key=lambda kv: int(kv[0][1:])))
+RULES: dict[str, Rule] = dict(sorted({**_FLOW_RULES, **_HEADS_RULES, **_CONTROL_RULES, **_POSITION_RULES}.items(),
+                                    key=lambda kv: int(kv[0][1:])))
 _ORDER = ("smol", "tiny")   # the shipped models' order in paper/REPORT.md: the study's model, then the contrast
 _FILES = {"02": "02_information_flow", "03": "03_head_identification", "04": "04_block_heads",
-          "05": "05_amplification", "06": "06_capability_retention"}
+          "05": "05_amplification", "06": "06_capability_retention", "08": "08_instruction_position"}
 
 # The figure that shows each claim (file stem under figures/<model>/).
 FIGURES: dict[str, str] = {
     "C1": "02_knockout_by_instruction", "C2": "02_knockout_by_instruction", "C3": "02_ldar", "C4": "02_dla",
     "C5": "03_head_scores", "C6": "04_block_vs_random", "C7": "06_capability", "C8": "05_amplification",
     "C9": "04_block_vs_random", "C10": "02_knockout_succeeded_failed", "C11": "02_controls", "C12": "02_stability",
+    "C14": "08_position_mfr",
 }
 
 
@@ -88,7 +92,26 @@ class Verdict:
 
 
 def load_claims() -> dict[str, Any]:
-    return yaml.safe_load((repo_root() / "paper" / "claims.yaml").read_text())
+    """paper/claims.yaml, with each claim of ``claims_added`` (new claims of ours, pre-registered by an amendment)
+    that has a rule in ``RULES`` appended to ``claims`` (its rule text: the adding amendment's)."""
+    claims = yaml.safe_load((repo_root() / "paper" / "claims.yaml").read_text())
+    listed = claims.get("amendments", {}).get("list", {})
+    for cid, spec in (claims.get("claims_added") or {}).items():
+        if cid in RULES and cid not in claims["claims"]:
+            rule = listed.get(spec["added_by"], {}).get("rule", {}).get(cid, spec["rule"])
+            claims["claims"][cid] = {**spec, "rule": f"[{spec['added_by']}] {rule}"}
+    return claims
+
+
+def seen_for(model: str, claims: dict[str, Any], aids: str | None = None) -> bool:
+    """Whether ``model``'s results had been seen when any amendment of ``aids`` ("A2+A8"; None: any amendment) was
+    written: the amendment's own ``seen_models``, else the list's ``amendments.seen_models``."""
+    am = claims.get("amendments", {})
+    listed = am.get("list", {})
+    ids = aids.split("+") if aids else list(listed)
+    slug = model_slug(model)
+    return any(slug in {model_slug(m) for m in listed.get(a, {}).get("seen_models", am.get("seen_models", []))}
+               for a in ids if a)
 
 
 class _Doc(dict):  # type: ignore[type-arg]
@@ -137,14 +160,22 @@ def _amendment_rule(claims: dict[str, Any], aids: str, cid: str) -> str:
     return " ".join(parts)
 
 
+def _thresholds(claims: dict[str, Any]) -> dict[str, float]:
+    return {**claims["thresholds"], **claims.get("amendments", {}).get("thresholds", {})}
+
+
+def _figure(model: str, stem: str | None) -> str | None:
+    """The path of ``figures/<model>/<stem>.png`` relative to the output root, or None when it does not exist."""
+    fig_path = figures_dir(model, create=False) / f"{stem}.png" if stem else None
+    return display_path(fig_path) if fig_path is not None and fig_path.exists() else None
+
+
 def _judge(model: str, cid: str, claims: dict[str, Any], results: dict[str, dict[str, Any] | None]) -> Verdict:
     """Claim ``cid``'s verdict by its rule on ``results`` (file key -> document, None when not written)."""
     spec, rule = claims["claims"][cid], RULES[cid]
-    th = {**claims["thresholds"], **claims.get("amendments", {}).get("thresholds", {})}
+    th = _thresholds(claims)
     missing = [_FILES[n] for n in rule.needs if results[n] is None]
-    fig = FIGURES.get(cid)
-    fig_path = figures_dir(model, create=False) / f"{fig}.png" if fig else None
-    figure = display_path(fig_path) if fig_path is not None and fig_path.exists() else None
+    figure = _figure(model, FIGURES.get(cid))
     if missing:
         text = f"no results: {', '.join(missing)}.json was not written (notebook not run or not built)"
         return Verdict(cid, spec["statement"], MISSING, text, spec["rule"], figure)
@@ -152,7 +183,7 @@ def _judge(model: str, cid: str, claims: dict[str, Any], results: dict[str, dict
         v, text = _apply(rule.original, results, th)
         return Verdict(cid, spec["statement"], v, text, spec["rule"], figure)
     v, text = _apply(rule.amended, results, th)
-    seen = model_slug(model) in {model_slug(m) for m in claims["amendments"].get("seen_models", [])}
+    seen = seen_for(model, claims, rule.amendment)
     ov, otext = _apply(rule.original, results, th) if seen else (None, None)
     return Verdict(cid, spec["statement"], v, text, _amendment_rule(claims, rule.amendment or "", cid), figure,
                    rule.amendment, ov, otext)
@@ -187,7 +218,7 @@ def _shipped() -> list[str]:
 
 
 def _seen(model: str, claims: dict[str, Any]) -> bool:
-    return model_slug(model) in {model_slug(m) for m in claims.get("amendments", {}).get("seen_models", [])}
+    return seen_for(model, claims)
 
 
 def _names(models: list[str]) -> str:
@@ -329,11 +360,13 @@ def _section(model: str, verdicts: list[Verdict], docs: dict[str, Any], seen: bo
              (_chain_run(timings) if timings else
               f"no chain run recorded (`figures/{model_slug(model)}/notebooks/chain_timings.json` absent)") + ".", ""]
     if seen is not None:
-        lines += [("This model's results had been seen when the amendments were written (paper/claims.yaml "
-                   "`amendments.seen_models`), so every claim whose verdict an amendment changes shows the original "
-                   "rule's verdict beside the amended one." if seen else
+        ids = [a for a in load_claims().get("amendments", {}).get("list", {}) if seen_for(model, load_claims(), a)]
+        lines += [(f"This model's results had been seen when amendments {', '.join(ids)} were written (paper/claims.yaml, "
+                   "each amendment's `seen_models`), so every claim whose verdict one of them changes shows the original "
+                   "rule's verdict beside the amended one; for the other amendments the amended rules are simply its "
+                   "rules." if ids else
                    "This model's results had not been seen when the amendments were written (paper/claims.yaml "
-                   "`amendments.seen_models`): the amended rules are simply its rules."), ""]
+                   "`seen_models`): the amended rules are simply its rules."), ""]
     lines += [_summary(verdicts), ""]
     if all(d is None for d in docs.values()):
         return lines + [f"Not measured: no results file under `results/{model_slug(model)}/` yet "
@@ -388,6 +421,8 @@ def write_shipped_report() -> Path:
         "",
         *contrast_table(docs),
         "",
+        *position_section({m: docs[m]["08"] for m in models}, link, _thresholds(claims),
+                          {m: _figure(m, "08_position_mfr") for m in models}),
     ]
     for m in models:
         lines += _section(m, verdicts[m], docs[m], seen[m] if has_amendments else None, link)

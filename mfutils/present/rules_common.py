@@ -10,6 +10,7 @@ MissingMeasurement                        KeyError: a results file lacks the key
 num(x) -> float, fmt(x, nd=2) -> str      JSON numbers (null -> NaN) and their text
 strongest(curve, n_layers, deep) -> dict | None    the strongest (lowest mean) window of a curve
 significant(e, th) -> bool, describe(e) -> str
+uses_position_pool(doc, key="pool") -> bool   whether a notebook 05 / 08 document read a position's pool (A8)
 
 Example::
 
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 __all__ = ["REPRODUCED", "PARTLY", "NOT", "NA", "MISSING", "Rule", "RuleFn", "MissingMeasurement", "num", "fmt",
-           "strongest", "significant", "describe"]
+           "strongest", "significant", "describe", "uses_position_pool"]
 
 REPRODUCED, PARTLY, NOT, NA, MISSING = "reproduced", "partly", "not reproduced", "not applicable", "not measured"
 
@@ -80,3 +81,6 @@ def describe(e: dict[str, float] | None) -> str:
     return f"{fmt(e['mean'])} [{fmt(e['lo'])}, {fmt(e['hi'])}] at layer {e['start']} (n={e['n']})"
 
 
+def uses_position_pool(doc: dict[str, Any] | None, key: str = "pool") -> bool:
+    """True when ``doc[key]`` names a position's pool (``"pool_first"``; A8), False for the standard ``fail_pool``."""
+    return doc is not None and str(doc.get(key) or "").startswith("pool_")

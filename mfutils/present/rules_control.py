@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mfutils.present.rules_common import NA, NOT, PARTLY, REPRODUCED, Rule, fmt, num
+from mfutils.present.rules_common import NA, NOT, PARTLY, REPRODUCED, Rule, fmt, num, uses_position_pool
 
 __all__ = ["RULES", "c6_original", "c7_original", "c8_original", "c9_original", "c7_amended", "c8_amended",
            "c9_amended"]
@@ -124,7 +124,8 @@ def c8_original(r: dict[str, Any], th: dict[str, float]) -> tuple[str, str]:
 
 
 def c8_amended(r: dict[str, Any], th: dict[str, float]) -> tuple[str, str]:
-    """A2: alpha chosen on the selection half, recovery on the evaluation half against the A1 sets."""
+    """A2: alpha chosen on the selection half, recovery on the evaluation half against the A1 sets; A8: from a
+    position's pool, at least ``position_min_failed`` arbitration failures in the evaluation half."""
     h = r["05"]["held_out"]
     n = h["n_evaluation"]
     rec, rnd, arb, dmg = h["recovery"], h["random"], h["arbitration"], h["damage"]
@@ -132,6 +133,10 @@ def c8_amended(r: dict[str, Any], th: dict[str, float]) -> tuple[str, str]:
             f"chosen on the selection half (n={h['n_selection']}); {rnd['n_sets']} A1 random sets at that alpha on the "
             f"same samples: {_null(rnd['null'])}, {_p(rnd['empirical_p'])}; arbitration failures {_ci(arb['recovery'])} "
             f"(n={arb['n']}); damage to correct samples {_ci(dmg)} (n={dmg['n']})")
+    if uses_position_pool(r["05"]):
+        text = f"A8, pool {r['05']['pool']}: " + text
+        if arb["n"] < th["position_min_failed"]:
+            return NA, text + f" (arbitration failures in the evaluation half: {arb['n']}, at least {th['position_min_failed']:g} needed)"
     if n < th["min_failed"]:
         return NA, text
     rate, ok = num(rec["rate"]), num(rnd["empirical_p"]["p"]) <= th["p_value"]
@@ -167,6 +172,6 @@ def c9_amended(r: dict[str, Any], th: dict[str, float]) -> tuple[str, str]:
 RULES: dict[str, Rule] = {
     "C6": Rule(("04",), c6_original),
     "C7": Rule(("06",), c7_original, c7_amended, "A6"),
-    "C8": Rule(("05",), c8_original, c8_amended, "A2"),
+    "C8": Rule(("05",), c8_original, c8_amended, "A2+A8"),
     "C9": Rule(("04",), c9_original, c9_amended, "A1"),
 }

@@ -19,7 +19,9 @@ import math
 from typing import Any, Callable
 
 from mfutils.measure.stats import wilson
-from mfutils.present.rules_common import NA, NOT, PARTLY, REPRODUCED, Rule, describe, fmt, significant, strongest
+from mfutils.present.rules_position import c10_position
+from mfutils.present.rules_common import (NA, NOT, PARTLY, REPRODUCED, Rule, describe, fmt, significant, strongest,
+                                          uses_position_pool)
 
 __all__ = ["RULES", "c2_windows"]
 
@@ -203,6 +205,10 @@ def _failure_counts(flow: dict[str, Any]) -> str:
 
 
 def c10_amended(r: dict[str, Any], th: dict[str, float]) -> tuple[str, str]:
+    """A3 + A4, and A8: where notebook 08 read a position's pool (smol: ``pool_first``), C10 reads that pool."""
+    d08 = r.get("08")
+    if d08 is not None and d08.get("applicable") and uses_position_pool(d08, "fail_split"):
+        return c10_position(d08, th)
     flow = r["02"]
     n_f = flow["n"]["failed"]
     d_s, d_f, s_s, s_f, text = _c10_parts(r, _ratio_of_means)
@@ -285,7 +291,7 @@ RULES: dict[str, Rule] = {
     "C2": Rule(("02",), c2_original, c2_amended, "A3"),
     "C3": Rule(("02",), c3_original, c3_amended, "A5"),
     "C4": Rule(("02",), c4_original),
-    "C10": Rule(("02",), c10_original, c10_amended, "A3+A4"),
+    "C10": Rule(("02",), c10_original, c10_amended, "A3+A4+A8"),
     "C11": Rule(("02",), c11_original, c11_amended, "A3"),
     "C12": Rule(("02",), c12_original, c12_amended, "A3"),
 }

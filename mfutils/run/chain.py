@@ -71,6 +71,8 @@ PLANNED: tuple[tuple[str, str], ...] = (
     ("06_capability_retention", "general capability after blocking (C7)"),
     ("07_explorer", "interactive explorer (ipywidgets): sample browser, knockout explorer, head board, attention "
                     "view; writes no results"),
+    ("08_instruction_position", "where the instruction stands: MFR per position, twins, knockout and heads per "
+                                "position, failures of the shifted position (C14; C10 and C6/C9 there)"),
 )
 
 class ChainParameterError(ValueError):

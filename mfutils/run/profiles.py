@@ -30,6 +30,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     "tiny": {
         "split_sizes": {"identify": 256, "test": 400, "test_system": 200, "test_instruction_last": 200,
                         "capability": 300, "fail_pool": 2000},
+        # C8 and C10 keep tiny's standard pool (A8: it fails there already and they had been read there)
+        "fail_split": "fail_pool",
         "n": 1000,
         "n_control": 200,
         "control_samples": 128,

@@ -131,13 +131,15 @@ class AmplificationResult(Document):
     """{"alpha": the alpha of the highest recovery (None without failed samples), "recovery": its proportion}"""
     held_out: dict[str, Any] | None = field(default=None, metadata=OPTIONAL)
     """A2: alpha chosen on the selection half, everything else measured on the evaluation half"""
+    pool: str | None = field(default=None, metadata=OPTIONAL)
+    """the split the failed and correct samples came from ("fail_pool", or a position's pool such as "pool_first": A8)"""
 
 
 def amplification_experiment(mm: MLLM, failed: Sequence[Sample], correct: Sequence[Sample], heads: Sequence[Head],
                              alphas: Sequence[float] = ALPHAS, n_random: int = 10, seed: int = 0,
                              positions: str = "all", batch_size: int = 64, model_name: str | None = None,
                              progress: bool = True, random_damage: bool = False, n_control: int = N_CONTROL,
-                             n_control_curve: int = 10) -> AmplificationResult:
+                             n_control_curve: int = 10, pool: str | None = None) -> AmplificationResult:
     """Amplifying ``heads`` by each alpha on failed samples: recovery, damage, random control.
 
     recovery(alpha) = share of ``failed`` that follow with the heads scaled by alpha; damage(alpha) = share
@@ -147,7 +149,8 @@ def amplification_experiment(mm: MLLM, failed: Sequence[Sample], correct: Sequen
     samples whose image-only and text-only counterparts (``data.counterparts``) the model answers right.
     ``n_control`` > 0 adds ``held_out`` (A2): the halves of ``split_halves(len(failed), seed)``, each encoded
     on its own; the ``n_control`` A1 sets at the chosen alpha on the evaluation half and the first
-    ``n_control_curve`` of them at every alpha there (the figure's band).
+    ``n_control_curve`` of them at every alpha there (the figure's band). ``pool``: the split's name, recorded
+    (the rules of C8 read it: A8).
 
     Example::
 
@@ -188,6 +191,7 @@ def amplification_experiment(mm: MLLM, failed: Sequence[Sample], correct: Sequen
               "recovery": recovery[best] if best is not None else proportion([])},
         held_out=(_held_out(mm, failed, heads, alphas, arbitration, fc, seed, positions, batch_size, n_control,
                             n_control_curve, progress) if n_control > 0 and heads else None),
+        pool=pool,
     )
 
 
