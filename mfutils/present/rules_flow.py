@@ -207,7 +207,8 @@ def _failure_counts(flow: dict[str, Any]) -> str:
 def c10_amended(r: dict[str, Any], th: dict[str, float]) -> tuple[str, str]:
     """A3 + A4, and A8: where notebook 08 read a position's pool (smol: ``pool_first``), C10 reads that pool."""
     d08 = r.get("08")
-    if d08 is not None and d08.get("applicable") and uses_position_pool(d08, "fail_split"):
+    if (d08 is not None and d08.get("applicable") and uses_position_pool(d08, "fail_split")
+            and d08["fail_split"] == d08["failure"]["pool"]):
         return c10_position(d08, th)
     flow = r["02"]
     n_f = flow["n"]["failed"]
