@@ -258,8 +258,8 @@ def _chain_through_07(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mc2_json:
     mm.model.save_pretrained(ck)
     mm.processor.save_pretrained(ck)
     params = {"model": str(ck), "smoke": True, "dataset": "mc2", "mc2_json": str(mc2_json), "coco_root": str(coco)}
-    books = sorted(notebooks_dir().glob("0[0-7]_*.ipynb"))
-    assert [b.name[:2] for b in books] == [f"0{i}" for i in range(8)]
+    books = sorted(notebooks_dir().glob("0[0-8]_*.ipynb"))
+    assert [b.name[:2] for b in books] == [f"0{i}" for i in range(9)]
     for nb in books:
         pm.execute_notebook(str(nb), str(tmp_path / nb.name), parameters=params, kernel_name=kernel_name(),
                             cwd=str(notebooks_dir()), progress_bar=False)
@@ -280,6 +280,8 @@ def _check_chain_outputs(tmp_path: Path, ck: Path, n_records: int, exact: bool =
     explorer = json.loads((tmp_path / "07_explorer.ipynb").read_text())       # the explorer ran on MC2 samples
     errors = [o for c in explorer["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert errors == []
+    pos = json.loads((results_dir(str(ck)) / "08_instruction_position.json").read_text())
+    assert pos["applicable"] is False and "no instruction positions" in pos["why"]   # MC2 has one prompt layout
     note = json.loads((tmp_path / "01_data_construction.ipynb").read_text())   # the prose names the data in use
     shown = "".join("".join(o.get("data", {}).get("text/markdown", "")) for c in note["cells"]
                     for o in c.get("outputs", []))

@@ -27,6 +27,8 @@ PARTS_FILE, PARTS_RECORD     the shipped trained parts (safetensors) and their r
 save_parts(model, adapters, folder, lora_r, lora_alpha)   write only what was trained (tower, projector,
                              ``<image>`` row, adapters) and the base it belongs to
 is_parts_folder(folder) -> bool                           the folder holds a parts checkpoint
+verify_parts(folder)    the parts file against its recorded sha256 (parts.json, else model_card.json):
+                        ``PartsIntegrityError`` in one line naming the file, both hashes and the fix
 load_parts(folder, attn_implementation="sdpa") -> (model, processor, info)   the verified base + the parts,
                              adapters merged: a plain Llava whose module paths every hook expects
 
@@ -49,12 +51,14 @@ from typing import Any, Callable
 
 import torch
 
+from mfutils.core.provenance import sha256_file
 from mfutils.model.archs import ARCHS
 from mfutils.model.lora import merge_state
 from mfutils.model.pretrained import SMOLLM2_GGUF, SMOLLM2_SHA256, load_base_lm
 
 __all__ = ["SMOL_VISION", "IMAGE_SIZE", "CHAT_TEMPLATE", "smol_tokenizer", "smol_llava", "Skeleton", "SKELETONS",
-           "LORA_TARGETS", "PARTS_FILE", "PARTS_RECORD", "save_parts", "is_parts_folder", "load_parts"]
+           "LORA_TARGETS", "PARTS_FILE", "PARTS_RECORD", "save_parts", "is_parts_folder", "load_parts",
+           "PartsIntegrityError", "expected_parts_sha256", "verify_parts"]
 
 IMAGE_SIZE = 64
 # hidden 192 x 4 layers: the tower of the notes' stage-1 alignment run (colour 0.99 / shape 0.94 nearest-token)
@@ -169,9 +173,44 @@ def save_parts(model: Any, adapters: dict[str, torch.Tensor], folder: Path, lora
     save_file(tensors, str(folder / PARTS_FILE))
     record = {"format": _FORMAT, "base_gguf": SMOLLM2_GGUF, "base_sha256": SMOLLM2_SHA256, "lora_r": lora_r,
               "lora_alpha": lora_alpha, "lora_targets": list(LORA_TARGETS), "vision": SMOL_VISION,
-              "image_token_index": image_id}
+              "image_token_index": image_id, "parts_sha256": sha256_file(folder / PARTS_FILE)}
     (folder / PARTS_RECORD).write_text(json.dumps(record, indent=1) + "\n")
     return folder / PARTS_FILE
+
+
+class PartsIntegrityError(ValueError):
+    """The parts file's sha256 differs from the one recorded beside it (truncated, changed or replaced)."""
+
+
+def expected_parts_sha256(folder: Path) -> tuple[str, str] | None:
+    """(sha256, where it is recorded) of ``folder``'s parts: ``PARTS_RECORD``'s ``parts_sha256`` (written by
+    ``save_parts``), else the model card's (``model_card.json``, written by ``mf card``); None when neither has one."""
+    folder = Path(folder)
+    for name in (PARTS_RECORD, "model_card.json"):
+        path = folder / name
+        if path.is_file():
+            sha = json.loads(path.read_text()).get("parts_sha256")
+            if sha:
+                return str(sha), name
+    return None
+
+
+def verify_parts(folder: Path) -> None:
+    """Raise ``PartsIntegrityError`` (one line: the file, both hashes, the size, the fix) when ``folder``'s parts
+    file does not hash to the recorded sha256 (``expected_parts_sha256``); nothing is recorded: no check.
+
+    Example: ``verify_parts(Path("checkpoints/smol-llava"))``
+    """
+    folder = Path(folder)
+    want = expected_parts_sha256(folder)
+    if want is None:
+        return
+    path = folder / PARTS_FILE
+    got = sha256_file(path)
+    if got != want[0]:
+        raise PartsIntegrityError(
+            f"{path} ({path.stat().st_size:,} bytes) has sha256 {got}, but {want[1]} records {want[0]}: the file is "
+            f"truncated or changed; restore it (`git checkout -- {path}`) or retrain (`mf train --model smol`)")
 
 
 def is_parts_folder(folder: Path) -> bool:
@@ -183,7 +222,7 @@ def load_parts(folder: Path, attn_implementation: str = "sdpa") -> tuple[Any, An
     """(model, processor, info): the base of ``PARTS_RECORD`` (``load_base_lm``, sha256 checked) inside a Llava,
     with the tower, projector and ``<image>`` row of ``PARTS_FILE`` loaded and the adapters merged into the
     decoder's weights; eval mode, float32. Raises ``ValueError`` naming the file when the parts belong to another
-    base or model.
+    base or model, ``PartsIntegrityError`` when the file does not hash to its recorded sha256 (``verify_parts``).
 
     Example: ``model, proc, info = load_parts(Path("checkpoints/smol-llava"))``
     """
@@ -199,6 +238,7 @@ def load_parts(folder: Path, attn_implementation: str = "sdpa") -> tuple[Any, An
     if not (folder / PARTS_FILE).is_file():
         raise FileNotFoundError(f"{folder / PARTS_FILE} is missing: restore checkpoints/ from git or retrain "
                                 "(`mf train --model smol`)")
+    verify_parts(folder)
     tensors = load_file(str(folder / PARTS_FILE))
     model, proc = smol_llava(seed=0, attn_implementation=attn_implementation)
     with torch.no_grad():

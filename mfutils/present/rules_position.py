@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from mfutils.present.rules_common import (NA, NOT, PARTLY, REPRODUCED, Rule, describe, fmt, significant, strongest,
-                                          uses_position_pool)
+from mfutils.present.rules_common import (NA, NOT, PARTLY, REPRODUCED, Rule, describe, fmt, num, significant,
+                                          strongest, uses_position_pool)
 
 __all__ = ["RULES", "c14", "c10_position", "uses_position_pool"]
 
@@ -42,7 +42,7 @@ def c14(r: dict[str, Any], th: dict[str, float]) -> tuple[str, str]:
             f"vs {fmt(eff['standard']['S']['mean'])} log-odds, difference {_ci(cmp['S'])} (bootstrap, "
             f"n={cmp['S']['n1']} and {cmp['S']['n2']} pairs); (c) read at the answer position S_direct difference "
             f"{_ci(cmp['S_direct'])}; baseline B difference {_ci(cmp['B'])}")
-    a_ok, b_ok, c_ok = a["hi"] < 0, cmp["S"]["hi"] < 0, cmp["S_direct"]["hi"] < 0
+    a_ok, b_ok, c_ok = num(a["hi"]) < 0, num(cmp["S"]["hi"]) < 0, num(cmp["S_direct"]["hi"]) < 0   # null: not below 0
     text += f" [(a) {a_ok}, (b) {b_ok}, (c) {c_ok}]"
     if not a_ok:
         return NOT, text
