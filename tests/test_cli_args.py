@@ -63,6 +63,12 @@ def test_a_bad_option_value_is_refused_by_argparse(capsys, argv: list[str], need
     ("alphas=[1.0, -2.0]", "parameter alphas=[1.0, -2.0]: every element must be a finite number >= 0"),
     ("alphas=[1.0, 1e999]", "every element must be a finite number >= 0 (1.0: unchanged); inf is not"),
     ("split_sizes={'test': 0}", "every value must be a whole number >= 1; test=0 is not"),
+    ("dataset=nope", "parameter dataset='nope' is not one of world, mc2"),
+    ("positions=middle", "parameter positions='middle' is not one of last, all"),
+    ("fail_split=pool_middle", "is not one of fail_pool, pool_first, pool_after_image, pool_standard, pool_last"),
+    ("fail_position=middle", "parameter fail_position='middle' is not one of first, after_image, standard, last"),
+    ("mc2_form=essay", "parameter mc2_form='essay' is not one of open, mc"),
+    ("model_filter=maybe", "parameter model_filter='maybe' is not one of auto, on, off"),
 ])
 def test_a_bad_chain_parameter_is_refused_before_anything_runs(capsys, tmp_path: Path, monkeypatch, param: str,
                                                                 needle: str) -> None:
@@ -70,6 +76,21 @@ def test_a_bad_chain_parameter_is_refused_before_anything_runs(capsys, tmp_path:
     err = _fails(capsys, ["reproduce", "--model", "random:llava", "-p", param])
     assert err.startswith(f"error: parameter {param.split('=')[0]}=") and needle in err and "e.g. -p" in err
     assert not any(tmp_path.rglob("*")), "a refused run must write nothing"
+
+
+def test_an_unknown_dataset_is_refused_before_anything_runs(capsys, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("MF_OUT", str(tmp_path))
+    err = _fails(capsys, ["reproduce", "--model", "smol", "--dataset", "nope"])
+    assert "argument --dataset: invalid choice: 'nope' (choose from 'world', 'mc2')" in err
+    assert not any(tmp_path.rglob("*")), "a refused run must write nothing"
+
+
+def test_position_choices_are_the_worlds() -> None:
+    from mfutils.data.world import POSITIONS
+    from mfutils.run.args import CHOICES
+
+    assert CHOICES["fail_position"] == tuple(POSITIONS)
+    assert set(CHOICES["fail_split"]) == {"fail_pool", *(f"pool_{p}" for p in POSITIONS)}
 
 
 @pytest.mark.parametrize("argv, dest, value", [
@@ -93,6 +114,7 @@ def test_a_good_option_value_still_parses(argv: list[str], dest: str, value: int
     ("n", 1), ("seed", 0), ("share", 1), ("share", 0.05), ("shares", [0.01, 1.0]), ("alphas", [0.0, 1.0, 8.0]),
     ("control_samples", 0), ("window", 0), ("n_control_curve", 0), ("split_sizes", {"test": 1}),
     ("model", "tiny"), ("share", "big"),     # not numeric / the wrong type: left to check_parameters' type check
+    ("dataset", "mc2"), ("positions", "all"), ("fail_split", "pool_first"), ("fail_position", "after_image"),
 ])
 def test_a_good_chain_parameter_passes(name: str, value: object) -> None:
     assert parameter_problem(name, value) is None

@@ -12,6 +12,7 @@ seed(text) -> int                     argparse type: a whole number in [0, 2**32
 share(text) -> float                  argparse type: a number in (0, 1]
 alpha(text) -> float                  argparse type: a finite number >= 0 (a head's output scale)
 PARAMETER_KINDS                       chain parameter name -> kind ("count", "count0", "seed", "share", ...)
+CHOICES                               chain parameter name -> the values it takes (dataset, positions, pools, ...)
 parameter_problem(name, value) -> str | None   what is wrong with a chain parameter's value (None: nothing)
 
 Example::
@@ -27,7 +28,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["count", "seed", "share", "alpha", "PARAMETER_KINDS", "parameter_problem"]
+__all__ = ["count", "seed", "share", "alpha", "PARAMETER_KINDS", "CHOICES", "parameter_problem"]
 
 SEED_MAX = 2**32 - 1
 
@@ -49,6 +50,15 @@ PARAMETER_KINDS: dict[str, str] = {
     "control_samples": "count0", "window": "count0", "n_control_curve": "count0",
     "seed": "seed", "gallery_seed": "seed",
     "share": "share", "shares": "share[]", "alphas": "alpha[]", "split_sizes": "count{}",
+}
+
+
+_POSITIONS = ("first", "after_image", "standard", "last")     # mfutils.data.world.POSITIONS (tested equal)
+# string parameters that take one of a few values (a notebook would otherwise start a kernel and fail inside)
+CHOICES: dict[str, tuple[str, ...]] = {
+    "dataset": ("world", "mc2"), "positions": ("last", "all"), "mc2_form": ("open", "mc"),
+    "model_filter": ("auto", "on", "off"), "mc2_question": ("question1", "question2", "question3"),
+    "fail_position": _POSITIONS, "fail_split": ("fail_pool", *(f"pool_{p}" for p in _POSITIONS)),
 }
 
 
@@ -112,6 +122,11 @@ def parameter_problem(name: str, value: Any) -> str | None:
 
         parameter_problem("n", -3)     # "parameter n=-3 must be a whole number >= 1, e.g. -p n=100"
     """
+    if name in CHOICES:
+        if isinstance(value, str) and value not in CHOICES[name]:
+            return (f"parameter {name}={value!r} is not one of {', '.join(CHOICES[name])}, "
+                    f"e.g. -p {name}={CHOICES[name][0]}")
+        return None
     kind = PARAMETER_KINDS.get(name)
     if kind is None:
         return None

@@ -288,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="recompute every notebook (default: skip notebooks whose inputs and outputs are unchanged)")
     s.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
                    help="a notebook parameter, checked against the notebooks' parameters cells (repeatable)")
-    s.add_argument("--dataset", default=None, help="'world' (default) or 'mc2'")
+    s.add_argument("--dataset", default=None, choices=("world", "mc2"), help="'world' (default) or 'mc2'")
     s.add_argument("--mc2-json", dest="mc2_json", default=None, help="the MC2 evaluation JSON (dataset mc2)")
     s.add_argument("--coco-root", dest="coco_root", default=None, help="folder of the COCO 2014 images (dataset mc2)")
     s.add_argument("--processes", type=count, default=1,
