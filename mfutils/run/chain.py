@@ -31,6 +31,7 @@ check_parameters(params, nbs)        raise ChainParameterError for an unknown na
                                      or a number out of range (``mfutils.run.args.parameter_problem``)
 parse_parameter(text) -> (name, value)   ``"n_test=200"`` -> ``("n_test", 200)`` (Python literals; else a string)
 run_chain(model, smoke, only, force, params) -> int   run the chain; returns a process exit code
+executed_paths(dst) -> (running, failed)   where a notebook executes, and where a failed run's copy is kept
 kernel_name() -> str                 the Jupyter kernel the chain uses
 store_checked_outputs(model) -> list[str]   copy the outputs of ``# NBVAL_CHECK_OUTPUT`` cells from the
                                      executed copies into the source notebooks (after a deliberate change)
@@ -58,7 +59,7 @@ from mfutils.run import state as records
 from mfutils.run.args import parameter_problem
 from mfutils.run.parallel import primary_error
 
-__all__ = ["PLANNED", "built_notebooks", "describe_chain", "run_chain", "kernel_name", "store_checked_outputs",
+__all__ = ["PLANNED", "executed_paths", "built_notebooks", "describe_chain", "run_chain", "kernel_name", "store_checked_outputs",
            "notebook_parameters", "check_parameters", "parse_parameter", "ChainParameterError"]
 
 PLANNED: tuple[tuple[str, str], ...] = (
@@ -356,17 +357,24 @@ def _lead_chain(model: str, smoke: bool, only: Sequence[str] | None, force: bool
 
             port = int(os.environ.get("MF_KERNEL_PORT") or free_port())
             _tell_followers({"notebook": str(nb), "params": nb_params, "port": port})
-        statuses = [_run_notebook(nb, dst, nb_params, kernel, port)]
+        # executed into a temporary sibling: the copy a reader opens is replaced only by a complete run
+        running, failed_copy = executed_paths(dst)
+        statuses = [_run_notebook(nb, running, nb_params, kernel, port)]
         if n_proc > 1:
             statuses = group.gather_items(statuses)
         failed = primary_error([s for s in statuses if not s["ok"]])     # the failure that started it
         if failed is not None:
-            records.relative_metadata(dst)
+            if running.exists():
+                os.replace(running, failed_copy)
+                records.relative_metadata(failed_copy)
             rank = f" (process {failed['rank']} of {n_proc})" if n_proc > 1 else ""
-            copy = (f"see the executed copy {display_path(dst)}" if failed["rank"] == 0 else
-                    f"process {failed['rank']}'s executed copy is not kept; {display_path(dst)} shows process 0's")
+            kept = (f"; the last complete run's copy {display_path(dst)} is unchanged" if dst.exists() else "")
+            copy = (f"see the failed run's executed copy {display_path(failed_copy)}{kept}" if failed["rank"] == 0 else
+                    f"process {failed['rank']}'s executed copy is not kept; {display_path(failed_copy)} shows process 0's")
             print(f"FAILED in {nb.name}{rank}: {failed['ename']}: {failed['evalue']}\n  {copy}", file=sys.stderr)
             return 1
+        os.replace(running, dst)
+        failed_copy.unlink(missing_ok=True)          # an earlier failure of this notebook is superseded
         wall = round(time.time() - t0, 1)
         timings[nb.stem] = wall
         after = records.snapshot([fig_dir, res_dir])
@@ -398,6 +406,17 @@ def _lead_chain(model: str, smoke: bool, only: Sequence[str] | None, force: bool
     path = write_report(model)
     print(f"wrote {display_path(path)}")
     return 0
+
+
+def executed_paths(dst: Path) -> tuple[Path, Path]:
+    """(where a notebook executes, where a failed execution is kept) for the executed copy ``dst``: a run writes
+    ``.<stem>.running.ipynb`` and renames it over ``dst`` only when the notebook completes; a failed run's copy is
+    kept as ``<stem>.FAILED.ipynb`` beside it, and ``dst`` (the last complete run's copy) stays as it was.
+
+    Example: ``executed_paths(Path("figures/smol/notebooks/02_information_flow.ipynb"))[1].name`` ->
+    ``"02_information_flow.FAILED.ipynb"``.
+    """
+    return dst.with_name(f".{dst.stem}.running.ipynb"), dst.with_name(f"{dst.stem}.FAILED.ipynb")
 
 
 def _write_timings(path: Path, model: str, smoke: bool, seconds: dict[str, float]) -> None:

@@ -1,0 +1,76 @@
+"""A failed notebook never replaces the executed copy of the last complete run, nor any results file it did not
+write: it is kept beside as ``<stem>.FAILED.ipynb``, and a later complete run removes that copy."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mfutils.run.chain import executed_paths
+
+ROOT = Path(__file__).resolve().parents[1]
+
+NOTEBOOK = {
+    "cells": [
+        {"cell_type": "code", "id": "params", "metadata": {"tags": ["parameters"]}, "execution_count": None,
+         "outputs": [], "source": "model: str = 'tiny'\nsmoke: bool = False\nfail: bool = False"},
+        {"cell_type": "code", "id": "work", "metadata": {}, "execution_count": None, "outputs": [],
+         "source": "from mfutils.study.results import write_results\n"
+                   "assert not fail, 'this run fails on purpose'\n"
+                   "print('complete run')\n"
+                   "write_results({'x': 1}, model, 'doc')"},
+    ],
+    "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+    "nbformat": 4, "nbformat_minor": 5,
+}
+
+
+def _tree(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_executed_paths() -> None:
+    running, failed = executed_paths(Path("figures/smol/notebooks/02_information_flow.ipynb"))
+    assert running.name == ".02_information_flow.running.ipynb" and failed.name == "02_information_flow.FAILED.ipynb"
+    assert running.parent == failed.parent == Path("figures/smol/notebooks")
+
+
+@pytest.mark.chain
+def test_a_failed_run_leaves_the_last_complete_run_as_it_was(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    (root / "notebooks").mkdir(parents=True)
+    (root / "notebooks" / "00_test.ipynb").write_text(json.dumps(NOTEBOOK))
+    for shared in ("checkpoints", "paper"):                  # read only: outputs go to MF_OUT
+        (root / shared).symlink_to(ROOT / shared)
+    out = tmp_path / "out"
+    env = {**os.environ, "MF_ROOT": str(root), "MF_OUT": str(out), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "mfutils", "reproduce", "--model", "tiny"]
+
+    def run(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(cmd + list(extra), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+    assert run().returncode == 0
+    executed = out / "figures" / "tiny" / "notebooks" / "00_test.ipynb"
+    failed_copy = executed.with_name("00_test.FAILED.ipynb")
+    assert "complete run" in executed.read_text()
+    before = {**_tree(out / "figures" / "tiny"), **_tree(out / "results" / "tiny")}
+
+    res = run("-p", "fail=True")
+    assert res.returncode == 1 and "FAILED in 00_test.ipynb" in res.stderr, res.stderr[-2000:]
+    assert "00_test.FAILED.ipynb" in res.stderr and "is unchanged" in res.stderr
+    assert "this run fails on purpose" in failed_copy.read_text()
+    after = {**_tree(out / "figures" / "tiny"), **_tree(out / "results" / "tiny")}
+    changed = {k for k in set(before) | set(after) if before.get(k) != after.get(k)}
+    # the failed copy is new; the run's state file drops the failed notebook's record (it must rerun); nothing else
+    assert changed <= {"notebooks/00_test.FAILED.ipynb", "chain_state.json"}, changed
+    assert not list(executed.parent.glob(".*running*"))
+
+    assert run().returncode == 0
+    assert not failed_copy.exists() and "complete run" in executed.read_text()
