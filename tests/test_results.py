@@ -55,3 +55,16 @@ def test_documents_read_as_mappings() -> None:
     assert list(r) == ["model", "rates", "extra"]
     with pytest.raises(KeyError):
         r["nope"]
+
+
+def test_absent_measurements_are_null_with_a_reason(tmp_path, monkeypatch) -> None:
+    from mfutils.study.results import absent, non_finite, results_path, write_results
+
+    monkeypatch.setenv("MF_OUT", str(tmp_path))
+    a = absent("no follow_text samples in this run's data", k=0, n=0, rate=float("nan"))
+    assert a == {"rate": None, "lo": None, "hi": None, "k": 0, "n": 0, "why": "no follow_text samples in this run's data"}
+    path = write_results({"accuracy": {"follow_text": a}, "x": float("nan"), "y": [1.0, float("inf")]}, "m", "doc")
+    assert non_finite(path) == []
+    bad = results_path("m", "bad")
+    bad.write_text('{"a": NaN, "b": [1, Infinity], "c": {"d": -Infinity}}')
+    assert non_finite(bad) == ["a", "b[1]", "c.d"]

@@ -8,6 +8,8 @@ Public API
 ----------
 jsonable(x) -> JSON-able value                       tensors/arrays -> lists, numpy scalars -> Python, NaN -> None
 write_results(doc, model_name, name) -> Path         results/<model>/<name>.json (doc: a mapping or has .to_doc())
+absent(why, **known) -> dict                         an absent measurement: numbers null, ``why`` the reason
+non_finite(path) -> list[str]                        where a JSON file holds NaN or Infinity (never in a results file)
 read_results(model_name, name) -> dict               the document (null stays None); "run notebooks/<name> first"
 write_arrays(arrays, model_name, name) -> Path       results/<model>/<name>.npz (compressed)
 results_path(model_name, name, suffix=".json") -> Path
@@ -35,7 +37,8 @@ import torch
 
 from mfutils.core.paths import atomic_output, atomic_write_text, results_dir
 
-__all__ = ["jsonable", "write_results", "read_results", "write_arrays", "results_path", "Document", "OPTIONAL"]
+__all__ = ["jsonable", "write_results", "read_results", "write_arrays", "results_path", "Document", "OPTIONAL", "absent",
+           "non_finite"]
 
 OPTIONAL = {"optional": True}
 
@@ -94,6 +97,19 @@ def results_path(model_name: str, name: str, suffix: str = ".json", create: bool
     return results_dir(model_name, create=create) / f"{name}{suffix}"
 
 
+def absent(why: str, **known: Any) -> dict[str, Any]:
+    """An absent measurement as every writer records it: its numbers null, ``why`` the reason in words, and what
+    is known about it (``n=0``, ...). Rules and plots read a dict with ``why`` as not measured.
+
+    Example: ``absent("no follow_text samples in this run's data", k=0, n=0)`` ->
+    ``{"rate": None, "lo": None, "hi": None, "k": 0, "n": 0, "why": "no follow_text samples in this run's data"}``.
+    """
+    base: dict[str, Any] = {"rate": None, "lo": None, "hi": None}
+    base.update({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in known.items()})
+    base["why"] = why
+    return base
+
+
 def write_results(doc: Mapping[str, Any] | Any, model_name: str, name: str) -> Path:
     """Write ``doc`` (a mapping, or a result with ``to_doc()``) to ``results/<model>/<name>.json`` atomically;
     NaN and inf become null. Returns the path.
@@ -106,6 +122,32 @@ def write_results(doc: Mapping[str, Any] | Any, model_name: str, name: str) -> P
         doc = doc.to_doc()
     return atomic_write_text(results_path(model_name, name),
                              json.dumps(jsonable(doc), indent=1, allow_nan=False))
+
+
+def non_finite(path: Path | str) -> list[str]:
+    """The places in a JSON file that hold NaN or Infinity (``"a.b[3]"``), which a results file never may.
+
+    Example: ``assert non_finite(results_path("tiny", "00_model")) == []``.
+    """
+    doc = json.loads(Path(path).read_text(), parse_constant=lambda c: _NonFinite(c))
+    found: list[str] = []
+
+    def walk(x: Any, where: str) -> None:
+        if isinstance(x, _NonFinite):
+            found.append(where or "(top)")
+        elif isinstance(x, dict):
+            for k, v in x.items():
+                walk(v, f"{where}.{k}" if where else str(k))
+        elif isinstance(x, list):
+            for i, v in enumerate(x):
+                walk(v, f"{where}[{i}]")
+
+    walk(doc, "")
+    return found
+
+
+class _NonFinite(str):
+    """A NaN / Infinity constant as ``json.loads`` met it (``non_finite``)."""
 
 
 def read_results(model_name: str, name: str) -> dict[str, Any]:
