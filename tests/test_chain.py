@@ -26,6 +26,9 @@ def test_chain_smoke(model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         cells = json.loads(executed.read_text())["cells"]
         assert not any(o.get("output_type") == "error" for c in cells for o in c.get("outputs", []))
     assert list((tmp_path / "figures" / slug).glob("*.png")), "no figure was written"
+    from mfutils.study.results import non_finite
+    nan = {p.name: non_finite(p) for p in (tmp_path / "results" / slug).glob("*.json") if non_finite(p)}
+    assert nan == {}, f"NaN or Infinity in results files: {nan}"
     timings = json.loads((tmp_path / "figures" / slug / "notebooks" / "chain_timings.json").read_text())
     assert set(timings["seconds"]) == {nb.stem for nb in built_notebooks()}
     built = {nb.stem for nb in built_notebooks()}

@@ -280,6 +280,9 @@ def _check_chain_outputs(tmp_path: Path, ck: Path, n_records: int, exact: bool =
     explorer = json.loads((tmp_path / "07_explorer.ipynb").read_text())       # the explorer ran on MC2 samples
     errors = [o for c in explorer["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert errors == []
+    from mfutils.study.results import non_finite
+    nan = {p.name: non_finite(p) for p in results_dir(str(ck)).glob("*.json") if non_finite(p)}
+    assert nan == {}, f"NaN or Infinity in results files: {nan}"
     pos = json.loads((results_dir(str(ck)) / "08_instruction_position.json").read_text())
     assert pos["applicable"] is False and "no instruction positions" in pos["why"]   # MC2 has one prompt layout
     note = json.loads((tmp_path / "01_data_construction.ipynb").read_text())   # the prose names the data in use

@@ -149,6 +149,8 @@ def c4_original(r: dict[str, Any], th: dict[str, float]) -> tuple[str, str]:
     flow = r["02"]
     L = flow["n_layers"]
     a, m = flow["dla"]["attn"]["follow_image"], flow["dla"]["mlp"]["follow_image"]
+    if not a.get("n") or len(a.get("mean") or []) < L:       # e.g. an MC2 file of the authors' with one instruction
+        return NA, f"not measured: no follow-image samples in this run's data (n={a.get('n', 0)})"
     deep = [i for i in range(L) if i >= L / 2]
     a_sum, m_sum = sum(a["mean"][i] for i in deep), sum(m["mean"][i] for i in deep)
     a_sig = any(a["lo"][i] > 0 for i in deep)
