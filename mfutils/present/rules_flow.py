@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from mfutils.measure.stats import wilson
 from mfutils.present.rules_position import c10_position
-from mfutils.present.rules_common import (NA, NOT, PARTLY, REPRODUCED, Rule, describe, fmt, significant, strongest,
+from mfutils.present.rules_common import (MISSING, NA, NOT, PARTLY, REPRODUCED, Rule, describe, fmt, significant, strongest,
                                           uses_position_pool)
 
 __all__ = ["RULES", "c2_windows"]
@@ -150,7 +150,7 @@ def c4_original(r: dict[str, Any], th: dict[str, float]) -> tuple[str, str]:
     L = flow["n_layers"]
     a, m = flow["dla"]["attn"]["follow_image"], flow["dla"]["mlp"]["follow_image"]
     if not a.get("n") or len(a.get("mean") or []) < L:       # e.g. an MC2 file of the authors' with one instruction
-        return NA, f"not measured: no follow-image samples in this run's data (n={a.get('n', 0)})"
+        return MISSING, f"no follow-image samples in this run's data (n={a.get('n', 0)})"
     deep = [i for i in range(L) if i >= L / 2]
     a_sum, m_sum = sum(a["mean"][i] for i in deep), sum(m["mean"][i] for i in deep)
     a_sig = any(a["lo"][i] > 0 for i in deep)
