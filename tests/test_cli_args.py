@@ -42,6 +42,7 @@ def _fails(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
     (["train", "--eval-n", "0"], "argument --eval-n: must be a whole number >= 1"),
     (["train", "--seed", "-1"], "argument --seed: must be a whole number from 0 to"),
     (["train", "--eval-seed", "-1"], "argument --eval-seed: must be a whole number from 0 to"),
+    (["reproduce", "--processes", "0"], "argument --processes: must be a whole number >= 1, got '0'"),
 ])
 def test_a_bad_option_value_is_refused_by_argparse(capsys, argv: list[str], needle: str) -> None:
     err = _fails(capsys, argv)

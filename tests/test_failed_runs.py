@@ -74,3 +74,18 @@ def test_a_failed_run_leaves_the_last_complete_run_as_it_was(tmp_path: Path) -> 
 
     assert run().returncode == 0
     assert not failed_copy.exists() and "complete run" in executed.read_text()
+
+
+def test_the_reliability_table_names_tests_that_exist() -> None:
+    """docs/reliability.md: at least 25 kinds of bad input, each row naming a test file (and function) that exists."""
+    import re
+
+    rows = [l for l in (ROOT / "docs" / "reliability.md").read_text().splitlines()
+            if l.startswith("| ") and not l.startswith("| kind") and not set(l) <= set("|- ")]
+    assert len(rows) >= 25, len(rows)
+    for row in rows:
+        refs = re.findall(r"`?(test_\w+\.py)(?:::(\w+))?", row)
+        assert refs, f"a row names no test: {row}"
+        for file, func in refs:
+            text = (ROOT / "tests" / file).read_text()
+            assert not func or f"def {func}(" in text, f"{file} has no {func}"
