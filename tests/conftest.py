@@ -101,8 +101,8 @@ def llava() -> MLLM:
 # ---- nbval: every notebook on its default model (smol) at smoke size -------------------------------------------
 # The full-size chain is `make reproduce` (about 22 minutes for smol alone); `make test` (pytest tests notebooks
 # --nbval-lax) only checks that each notebook runs end to end and that its `# NBVAL_CHECK_OUTPUT` cells print what
-# the sources store (the outputs of a smoke chain on smol, copied in with `mf store-checked` after
-# `mf reproduce --model smol --smoke`). This hook appends `smoke = True` to each notebook's parameters cell as
+# the sources store (the outputs of a smoke chain on smol, copied in with `mf store-checked --model smol --smoke`
+# after `mf reproduce --model smol --smoke`). This hook appends `smoke = True` to each notebook's parameters cell as
 # nbval collects it, as papermill's injected-parameters cell would; the notebook files are not changed. It lives
 # here (pytest calls a session's collection hooks in every conftest it loaded) because a notebooks/conftest.py
 # would shadow this module's `from conftest import ...` in the tests.

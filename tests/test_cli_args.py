@@ -1,4 +1,4 @@
-"""Bad numbers at the command line (issue 16): every numeric option of every ``mf`` command and every numeric
+"""Bad numbers at the command line: every numeric option of every ``mf`` command and every numeric
 ``mf reproduce -p`` parameter is range-checked, with a one-line error naming it and the fix, and exit status 2;
 an MC2 run in which no sample can be scored is an error, not a NaN table."""
 

@@ -19,10 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = {
     "cells": [
         {"cell_type": "code", "id": "params", "metadata": {"tags": ["parameters"]}, "execution_count": None,
-         "outputs": [], "source": "model: str = 'tiny'\nsmoke: bool = False\nfail: bool = False"},
+         "outputs": [], "source": "model: str = 'tiny'\nsmoke: bool = False"},
         {"cell_type": "code", "id": "work", "metadata": {}, "execution_count": None, "outputs": [],
-         "source": "from mfutils.study.results import write_results\n"
-                   "assert not fail, 'this run fails on purpose'\n"
+         "source": "import os\nfrom mfutils.study.results import write_results\n"
+                   "assert os.environ.get('MF_TEST_FAIL') != '1', 'this run fails on purpose'\n"
                    "print('complete run')\n"
                    "write_results({'x': 1}, model, 'doc')"},
     ],
@@ -53,8 +53,9 @@ def test_a_failed_run_leaves_the_last_complete_run_as_it_was(tmp_path: Path) -> 
     env = {**os.environ, "MF_ROOT": str(root), "MF_OUT": str(out), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "mfutils", "reproduce", "--model", "tiny"]
 
-    def run(*extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run(cmd + list(extra), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    def run(*extra: str, fail: bool = False) -> subprocess.CompletedProcess:
+        return subprocess.run(cmd + list(extra), cwd=ROOT, env={**env, "MF_TEST_FAIL": "1" if fail else "0"},
+                              capture_output=True, text=True, timeout=600)
 
     assert run().returncode == 0
     executed = out / "figures" / "tiny" / "notebooks" / "00_test.ipynb"
@@ -62,7 +63,7 @@ def test_a_failed_run_leaves_the_last_complete_run_as_it_was(tmp_path: Path) -> 
     assert "complete run" in executed.read_text()
     before = {**_tree(out / "figures" / "tiny"), **_tree(out / "results" / "tiny")}
 
-    res = run("-p", "fail=True")
+    res = run("--force", fail=True)            # the inputs are unchanged: force the rerun
     assert res.returncode == 1 and "FAILED in 00_test.ipynb" in res.stderr, res.stderr[-2000:]
     assert "00_test.FAILED.ipynb" in res.stderr and "is unchanged" in res.stderr
     assert "this run fails on purpose" in failed_copy.read_text()
@@ -74,6 +75,14 @@ def test_a_failed_run_leaves_the_last_complete_run_as_it_was(tmp_path: Path) -> 
 
     assert run().returncode == 0
     assert not failed_copy.exists() and "complete run" in executed.read_text()
+
+    # a smoke run, failing or not, never touches the shipped folders: it writes figures/tiny--smoke, results/tiny--smoke
+    shipped = {**_tree(out / "figures" / "tiny"), **_tree(out / "results" / "tiny"), **_tree(out / "paper")}
+    assert run("--smoke", fail=True).returncode == 1
+    assert (out / "figures" / "tiny--smoke" / "notebooks" / "00_test.FAILED.ipynb").exists()
+    assert run("--smoke").returncode == 0
+    assert (out / "results" / "tiny--smoke" / "doc.json").exists()
+    assert {**_tree(out / "figures" / "tiny"), **_tree(out / "results" / "tiny"), **_tree(out / "paper")} == shipped
 
 
 def test_the_reliability_table_names_tests_that_exist() -> None:

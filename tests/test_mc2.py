@@ -137,7 +137,7 @@ def test_candidate_scoring_equals_a_direct_softmax(arch: str) -> None:
 
 
 def test_unscorable_samples_say_their_real_cause() -> None:
-    """Unknown words, an empty side and shared first tokens are three causes, each named (issue 16, item 2)."""
+    """Unknown words, an empty side and shared first tokens are three causes, each named."""
     from mfutils.measure.answers import CandidateOverlapError, UnscorableError
 
     mm = random_model("llava", words=["red", "blue", "star", "circle"], n_layers=1)

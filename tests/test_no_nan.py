@@ -37,9 +37,11 @@ def test_a_per_model_file_runs_the_whole_chain_through_mf_reproduce(tmp_path: Pa
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "Traceback" not in res.stderr
     assert scan_results(out) == {}
-    doc = json.loads((out / "results" / "random-llava" / "00_model.json").read_text())
+    name = "random-llava--mc2-" + path.stem + "-smoke"       # figures/ and results/ of this run (run_key_for)
+    assert not (out / "results" / "random-llava").exists()
+    doc = json.loads((out / "results" / name / "00_model.json").read_text())
     assert doc["accuracy"]["follow_image"]["rate"] is None and "no follow_image samples" in doc["accuracy"]["follow_image"]["why"]
-    executed = out / "figures" / "random-llava" / "notebooks"
+    executed = out / "figures" / name / "notebooks"
     for nb in built_notebooks():
         cells = json.loads((executed / nb.name).read_text())["cells"]
         assert not [o for c in cells for o in c.get("outputs", []) if o.get("output_type") == "error"], nb.name

@@ -1,4 +1,4 @@
-"""Many processes (issue 17): the analyses spread over a group of processes give the numbers of one process.
+"""Many processes: the analyses spread over a group of processes give the numbers of one process.
 
 Two processes on CPU (gloo), one thread each, against one process with one thread: with the same batches and
 the same kernels, every per-sample number must agree to 1e-6 (they are in fact bit-identical). One thread
@@ -282,11 +282,11 @@ def test_a_chain_runs_in_two_processes_under_each_launcher(tmp_path: Path, launc
     res = subprocess.run(LAUNCHERS[launcher], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     assert "processes=2)" in res.stdout
-    doc = json.loads((out / "results" / "tiny" / "ranks.json").read_text())
+    doc = json.loads((out / "results" / "tiny--smoke" / "ranks.json").read_text())
     assert {k: doc[k] for k in ("ranks", "by")} == {"ranks": [0, 1], "by": 0}      # gathered; written by rank 0 only
     assert doc["provenance"]["processes"] == 2
-    assert list((out / "figures" / "tiny" / "notebooks").glob("*.ipynb")) == [
-        out / "figures" / "tiny" / "notebooks" / "00_test.ipynb"]
+    assert list((out / "figures" / "tiny--smoke" / "notebooks").glob("*.ipynb")) == [
+        out / "figures" / "tiny--smoke" / "notebooks" / "00_test.ipynb"]
 
 
 @pytest.mark.chain

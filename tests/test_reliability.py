@@ -1,4 +1,4 @@
-"""Reliability of the chain (issue 8): determinism, provenance, kill-and-resume, atomic writes, clear errors.
+"""Reliability of the chain: determinism, provenance, kill-and-resume, atomic writes, clear errors.
 
 The chain tests run the smoke chain of the tiny model in subprocesses (as `make reproduce MODEL=tiny SMOKE=1` does;
 the mechanics do not depend on the model and tiny is the fast one):
@@ -25,6 +25,7 @@ from mfutils.run.state import STATE_FILE, strip_provenance
 from mfutils.core.paths import atomic_output, atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
+SMOKE = "tiny--smoke"      # the folders of a smoke run of tiny (never the shipped results/tiny/)
 
 
 def _env(out: Path) -> dict[str, str]:
@@ -112,7 +113,7 @@ def test_a_process_killed_while_writing_leaves_the_old_file(tmp_path: Path) -> N
 def _results(out: Path) -> dict[str, object]:
     """Every results file of the tiny model: JSON without provenance, npz as arrays."""
     docs: dict[str, object] = {}
-    for p in sorted((out / "results" / "tiny").glob("*")):
+    for p in sorted((out / "results" / SMOKE).glob("*")):
         if p.name in (STATE_FILE, "PROVENANCE.json"):
             continue
         if p.suffix == ".json":
@@ -147,9 +148,9 @@ def _kill_during(stem: str, out: Path, timeout: float = 900) -> str:
 def chain_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     killed = tmp_path_factory.mktemp("killed")
     log_kill = _kill_during("03_head_identification", killed)
-    half_written = [p.name for p in (killed / "results" / "tiny").glob("*.json")
+    half_written = [p.name for p in (killed / "results" / SMOKE).glob("*.json")
                     if not _parses(p)]
-    state_after_kill = json.loads((killed / "results" / "tiny" / STATE_FILE).read_text())
+    state_after_kill = json.loads((killed / "results" / SMOKE / STATE_FILE).read_text())
     resumed = _mf(["reproduce", "--model", "tiny", "--smoke"], killed, timeout=900)
     again = _mf(["reproduce", "--model", "tiny", "--smoke"], killed, timeout=900)
     fresh = tmp_path_factory.mktemp("fresh")
@@ -206,7 +207,7 @@ def test_two_runs_give_bit_identical_results(chain_runs: dict) -> None:
 
 @pytest.mark.chain
 def test_the_chain_in_two_processes_gives_the_results_of_one(chain_runs: dict) -> None:
-    """Issue 17: ``mf reproduce --processes 2`` (torchrun, gloo, a kernel per rank and notebook) writes the same
+    """``mf reproduce --processes 2`` (torchrun, gloo, a kernel per rank and notebook) writes the same
     results as one process, bit for bit, records the process count, and only rank 0 writes."""
     two = chain_runs["two"]
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
@@ -218,9 +219,9 @@ def test_the_chain_in_two_processes_gives_the_results_of_one(chain_runs: dict) -
     assert sorted(a) == sorted(b) and len(a) >= 8
     for name in a:
         assert a[name] == b[name], f"{name} differs between one and two processes"
-    res = chain_runs["spread"] / "results" / "tiny"
+    res = chain_runs["spread"] / "results" / SMOKE
     assert json.loads((res / "04_block_heads.json").read_text())["provenance"]["processes"] == 2
-    assert json.loads((chain_runs["fresh"] / "results" / "tiny" / "04_block_heads.json").read_text()
+    assert json.loads((chain_runs["fresh"] / "results" / SMOKE / "04_block_heads.json").read_text()
                       )["provenance"]["processes"] == 1
     leftovers = [p.name for p in chain_runs["spread"].rglob("*") if ".partial" in p.name or "mf-not-main" in p.name]
     assert leftovers == []
@@ -231,8 +232,8 @@ def test_every_results_file_and_executed_notebook_records_its_provenance(chain_r
     import nbformat
 
     out = chain_runs["fresh"]
-    index = json.loads((out / "results" / "tiny" / "PROVENANCE.json").read_text())
-    for p in sorted((out / "results" / "tiny").glob("*")):
+    index = json.loads((out / "results" / SMOKE / "PROVENANCE.json").read_text())
+    for p in sorted((out / "results" / SMOKE).glob("*")):
         if p.name in (STATE_FILE, "PROVENANCE.json"):
             continue
         rel = str(p.relative_to(out))
@@ -245,6 +246,6 @@ def test_every_results_file_and_executed_notebook_records_its_provenance(chain_r
             assert prov["wall_s"] > 0
             if prov["notebook"] >= "01":
                 assert len(prov["dataset"]["splits"]["test"]["sha256"]) == 64
-    for nb in (out / "figures" / "tiny" / "notebooks").glob("*.ipynb"):
+    for nb in (out / "figures" / SMOKE / "notebooks").glob("*.ipynb"):
         meta = nbformat.read(nb, as_version=4).metadata["mfutils"]
         assert meta["notebook"] == nb.name and meta["model"]["name"] == "tiny"

@@ -5,7 +5,10 @@ Public API
 repo_root() -> Path                 the repository root (override with the MF_ROOT environment variable)
 output_root() -> Path               where figures/ and results/ go: repo_root(), or MF_OUT when set (tests)
 checkpoint_dir(name="tiny-llava")   the shipped tiny model's folder
-figures_dir(model) / results_dir(model)   per-model output folders (created on demand)
+figures_dir(model) / results_dir(model)   per-run output folders (created on demand): ``<model>`` for the shipped
+                                    chain, ``<model>--<run key>`` for any other data, a smoke run or custom parameters
+run_key() -> str                    the run key of this process (``MF_RUN``; "" for the shipped chain)
+output_name(model) -> str           the output folders' name: ``model_slug(model)``, then ``--<run key>`` when set
 model_slug(model) -> str            a file-system-safe name for a model ("random:llava" -> "random-llava")
 display_path(path) -> str           ``path`` relative to the output root or the repository when under one, else as given
 atomic_output(path)                 context manager: write to a temporary sibling, rename over ``path`` on success
@@ -25,6 +28,7 @@ from pathlib import Path
 from mfutils.core.processes import barrier, in_lockstep, is_main
 
 __all__ = ["repo_root", "output_root", "checkpoint_dir", "figures_dir", "results_dir", "model_slug", "notebooks_dir",
+           "RUN_ENV", "run_key", "output_name",
            "display_path", "atomic_output", "atomic_write_text", "atomic_write_bytes"]
 
 
@@ -53,15 +57,34 @@ def model_slug(model: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", model).strip("-") or "model"
 
 
+RUN_ENV = "MF_RUN"
+
+
+def run_key() -> str:
+    """What this run is beyond its model, as ``mfutils.run.chain`` sets it for a chain and its kernels (``MF_RUN``):
+    "" for the shipped chain (the world at the shipped profile), else e.g. "smoke" or "mc2-evaluate_final-smoke"."""
+    return os.environ.get(RUN_ENV, "").strip()
+
+
+def output_name(model: str) -> str:
+    """The name of ``model``'s output folders in this run: ``model_slug(model)``, with ``--<run key>`` appended for
+    any run but the shipped chain, so that such a run never writes over the shipped model's figures and results.
+
+    Example: with ``MF_RUN=smoke``, ``output_name("smol")`` -> ``"smol--smoke"``.
+    """
+    key = run_key()
+    return f"{model_slug(model)}--{key}" if key else model_slug(model)
+
+
 def figures_dir(model: str, create: bool = True) -> Path:
-    p = output_root() / "figures" / model_slug(model)
+    p = output_root() / "figures" / output_name(model)
     if create:
         p.mkdir(parents=True, exist_ok=True)
     return p
 
 
 def results_dir(model: str, create: bool = True) -> Path:
-    p = output_root() / "results" / model_slug(model)
+    p = output_root() / "results" / output_name(model)
     if create:
         p.mkdir(parents=True, exist_ok=True)
     return p

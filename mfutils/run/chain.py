@@ -3,7 +3,7 @@
 Each notebook is executed with ``--cwd notebooks`` semantics and the chain's parameters (``model``, ``smoke``
 and any ``-p name=value``); its executed copy goes to ``figures/<model>/notebooks/`` (never over the source).
 
-Resuming (issue 8). After a notebook finishes, the chain records in ``results/<model>/chain_state.json`` the
+Resuming. After a notebook finishes, the chain records in ``results/<model>/chain_state.json`` the
 notebook's *fingerprint* (a hash of its source cells, its parameters, the mfutils source code, the model's
 weights and the fingerprint of the notebook before it; ``mfutils.run.state``) and the sha256 of every file it
 wrote. A later run
@@ -45,6 +45,7 @@ Example::
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import os
 import sys
@@ -54,12 +55,13 @@ from pathlib import Path
 from typing import Any
 
 from mfutils.core import processes as group
-from mfutils.core.paths import atomic_write_text, display_path, figures_dir, notebooks_dir, results_dir
+from mfutils.core.paths import (RUN_ENV, atomic_write_text, display_path, figures_dir, model_slug, notebooks_dir,
+                                 results_dir, run_key)
 from mfutils.run import state as records
 from mfutils.run.args import parameter_problem
 from mfutils.run.parallel import primary_error
 
-__all__ = ["PLANNED", "executed_paths", "built_notebooks", "describe_chain", "run_chain", "kernel_name", "store_checked_outputs",
+__all__ = ["PLANNED", "executed_paths", "run_key_for", "built_notebooks", "describe_chain", "run_chain", "kernel_name", "store_checked_outputs",
            "notebook_parameters", "check_parameters", "parse_parameter", "ChainParameterError"]
 
 PLANNED: tuple[tuple[str, str], ...] = (
@@ -226,6 +228,40 @@ def run_chain(model: str = "smol", smoke: bool = False, only: Sequence[str] | No
     notebook that runs in its own kernel, one rank of a group per notebook, and the analyses spread their
     batches over those kernels. A failure in any rank ends the run with that rank's error.
     """
+    key = run_key_for(smoke, params or {})
+    saved = os.environ.get(RUN_ENV)
+    os.environ[RUN_ENV] = key              # this runner and every kernel it starts write under output_name(model)
+    try:
+        return _run_chain(model, smoke, only, force, params)
+    finally:
+        if saved is None:
+            os.environ.pop(RUN_ENV, None)
+        else:
+            os.environ[RUN_ENV] = saved
+
+
+def run_key_for(smoke: bool, params: Mapping[str, Any]) -> str:
+    """The run key of a chain (``core.paths.run_key``): "" for the shipped chain (the world, no ``-p`` parameter, not
+    smoke); otherwise the data ("mc2-<file stem>"), "smoke", and "p-<hash>" of any other parameter given, joined by "-".
+    Outputs then go to ``figures/<model>--<key>/`` and ``results/<model>--<key>/``.
+
+    Example: ``run_key_for(True, {"dataset": "mc2", "mc2_json": "/d/evaluate_final.json"})`` ->
+    ``"mc2-evaluate_final-smoke"``.
+    """
+    parts = []
+    if str(params.get("dataset", "world")) == "mc2":
+        parts.append("mc2-" + model_slug(Path(str(params.get("mc2_json") or "file")).stem))
+    if smoke:
+        parts.append("smoke")
+    custom = {k: v for k, v in params.items() if k not in ("model", "smoke", "dataset", "mc2_json", "coco_root")}
+    if custom:
+        digest = hashlib.sha256(json.dumps(custom, sort_keys=True, default=str).encode()).hexdigest()[:8]
+        parts.append(f"p-{digest}")
+    return "-".join(parts)
+
+
+def _run_chain(model: str, smoke: bool, only: Sequence[str] | None, force: bool,
+               params: Mapping[str, Any] | None) -> int:
     if group.world().size > 1:
         group.coordinate_only()           # the runners' group carries orders; only the kernels run in lockstep
     if group.world().size > 1 and not group.is_main():
@@ -308,6 +344,9 @@ def _lead_chain(model: str, smoke: bool, only: Sequence[str] | None, force: bool
     state = records.new_state(model) if force else records.read_state(state_path, model)
     print(describe_chain(model, str(parameters.get("dataset", "world")), str(parameters.get("mc2_json", ""))),
           flush=True)
+    if run_key():
+        print(f"outputs: {display_path(fig_dir)}/ and {display_path(res_dir)}/ (not the shipped model's folders: this "
+              f"run is {run_key()!r})", flush=True)
     kernel = kernel_name()
     env = environment()
     n_proc = group.world().size
@@ -435,15 +474,17 @@ def _unmarked(source: str) -> str:
     return "\n".join(line for line in source.strip().splitlines() if line.strip() != _MARK)
 
 
-def store_checked_outputs(model: str = "tiny") -> list[str]:
+def store_checked_outputs(model: str = "tiny", smoke: bool = False) -> list[str]:
     """Copy the outputs of the cells marked ``# NBVAL_CHECK_OUTPUT`` from the executed copies of the last
-    full run (``figures/<model>/notebooks/``) into the source notebooks, which keep no other outputs.
+    run (``figures/<model>/notebooks/``, or with ``smoke`` the smoke run's ``figures/<model>--smoke/notebooks/``, what
+    nbval's smoke-size notebooks compare against) into the source notebooks, which keep no other outputs.
     nbval compares those cells in ``make test``. Returns the notebooks changed."""
     import nbformat
 
     changed = []
+    folder = figures_dir(model, create=False).parent / (f"{model_slug(model)}--smoke" if smoke else model_slug(model))
     for src in built_notebooks():
-        executed = figures_dir(model, create=False) / "notebooks" / src.name
+        executed = folder / "notebooks" / src.name
         if not executed.exists():
             continue
         nb, ex = nbformat.read(src, as_version=4), nbformat.read(executed, as_version=4)

@@ -220,7 +220,7 @@ def _relaunch(args: argparse.Namespace) -> int:
 def _cmd_store_checked(args: argparse.Namespace) -> int:
     from mfutils.run.chain import store_checked_outputs
 
-    changed = store_checked_outputs(args.model)
+    changed = store_checked_outputs(args.model, smoke=args.smoke)
     print("updated: " + (", ".join(changed) if changed else "nothing (no executed copies or no checked cells)"))
     return 0
 
@@ -302,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the cells marked # NBVAL_CHECK_OUTPUT from figures/<model>/notebooks/ into "
                                    "notebooks/, where nbval compares them.")
     s.add_argument("--model", default="smol")
+    s.add_argument("--smoke", action="store_true", help="read the smoke run's executed copies (figures/<model>--smoke/)")
     s.set_defaults(func=_cmd_store_checked)
     return p
 
