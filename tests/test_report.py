@@ -207,13 +207,14 @@ def test_combined_report_puts_the_shipped_models_side_by_side(out: str) -> None:
 def test_a_shipped_model_without_results_reads_not_measured(out: str) -> None:
     _write("tiny", "04_block_heads", doc04(drop=0.66, lo=0.5))
     text = report.write_report("smol").read_text()   # nothing at all for smol
-    for i in range(1, 13):
+    for i in (*range(1, 13), 14):
         assert f"| C{i} | " in text and "[**not measured**](#model-smol)" in _row(text, f"C{i}")[2]
     section = text.split("## Model `smol`")[1].split("## Model `tiny`")[0]
-    assert "Summary: not measured: 12" in section and "no results file under `results/smol/`" in section
-    assert "had not been seen when the amendments were written" in section
+    assert "Summary: not measured: 13" in section and "no results file under `results/smol/`" in section
+    # each amendment names the models it had seen: smol was seen for A8-A15 only, tiny for all of them
+    assert "had been seen when amendments A8, A9, A10, A11, A12, A13, A14, A15 were written" in section
     tiny = text.split("## Model `tiny`")[1].split("## Rules")[0]
-    assert "had been seen when the amendments were written" in tiny and "| C6 | **reproduced** |" in tiny
+    assert "had been seen when amendments A1, A2" in tiny and "| C6 | **reproduced** |" in tiny
     contrast = text.split("## Contrast")[1].split("## Model")[0]
     assert _row(contrast, "layers x heads") == ["layers x heads", "not measured", "not measured"]
     assert _row(contrast, "relative MFR drop with them blocked (C6), 95% interval")[1:] == \

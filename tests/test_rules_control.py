@@ -52,7 +52,7 @@ def test_c8_original_and_amended(th: dict[str, float]) -> None:
     assert rc.c8_amended({"05": doc05(rate=0.5, count=60)}, th)[0] == NOT      # p = 61/201: not specific
     assert rc.c8_amended({"05": doc05(rate=0.05, count=0)}, th)[0] == NOT
     assert rc.c8_amended({"05": doc05(n_eval=15)}, th)[0] == NA               # fewer than min_failed held out
-    assert report.RULES["C8"].amendment == "A2"
+    assert report.RULES["C8"].amendment == "A2+A8"
 
 
 def test_c7_original_and_amended(th: dict[str, float]) -> None:
