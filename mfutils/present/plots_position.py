@@ -145,7 +145,7 @@ def plot_position_knockout(doc: Mapping[str, Any], subset: str = "follow_image",
         _x_axis(ax, int(doc["n_layers"]), int(ko["k"]))
         ax.tick_params(labelsize=6)
         if absent:
-            ax.text(0.03, 0.04, "no such edge: " + ", ".join(absent), transform=ax.transAxes, fontsize=5.5,
+            ax.text(0.03, 0.04, "no such edge:\n" + ", ".join(absent), transform=ax.transAxes, fontsize=5.5,
                     color="0.35", va="bottom")
     if axes:
         axes[0].set_ylabel(f"INSSD ({estimator.replace('_', ' ')})", fontsize=6.5)
@@ -169,7 +169,7 @@ def plot_failure_curves(doc: Mapping[str, Any], estimator: str = "ratio_of_means
     colors = _palette(3)
     for ax, edge in zip(axes, edges):
         if not fc["present"].get(edge, True):
-            _not_applicable(ax, f"{edge}\nno such edge at position {fc['position']}")
+            _not_applicable(ax, f"{edge}:\nno such edge\nat position {fc['position'].replace('_', ' ')}")
             continue
         for name, (ls, ci) in styles.items():
             s = fc["edges"][edge].get(name)
