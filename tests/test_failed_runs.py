@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mfutils.run.chain import executed_paths
+from mfutils.run.outputs import executed_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 

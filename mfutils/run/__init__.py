@@ -7,13 +7,17 @@ args
     API: count, seed, share, alpha, PARAMETER_KINDS, parameter_problem
 chain
     The notebook chain: run ``notebooks/NN_*.ipynb`` in order with papermill; resumable, checked, traceable.
-    API: PLANNED, built_notebooks, describe_chain, run_chain, kernel_name, store_checked_outputs,
-         notebook_parameters, check_parameters, parse_parameter, ChainParameterError
+    API: PLANNED, built_notebooks, describe_chain, run_chain, kernel_name, notebook_parameters, check_parameters,
+         parse_parameter, ChainParameterError
 cli
     The command line: ``python -m mfutils <command>`` (also installed as ``mf``). The Makefile is a thin front.
     API: main, build_parser
+outputs
+    Where a chain run writes: its run key (the folders of any run but the shipped chain), where a notebook executes
+    and where a failed execution is kept, and the checked outputs that nbval compares.
+    API: built_notebooks, run_key_for, executed_paths, store_checked_outputs
 parallel
-    Many processes: start a group of workers from a notebook or for the chain (issue 17).
+    Many processes: start a group of workers from a notebook or for the chain.
     API: in_processes, rank_device, launch_argv, kernel_env, free_port, primary_error, RankError
 profiles
     Per-model chain parameters: the sample counts and windows each shipped model's full run uses.

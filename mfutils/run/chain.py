@@ -31,10 +31,7 @@ check_parameters(params, nbs)        raise ChainParameterError for an unknown na
                                      or a number out of range (``mfutils.run.args.parameter_problem``)
 parse_parameter(text) -> (name, value)   ``"n_test=200"`` -> ``("n_test", 200)`` (Python literals; else a string)
 run_chain(model, smoke, only, force, params) -> int   run the chain; returns a process exit code
-executed_paths(dst) -> (running, failed)   where a notebook executes, and where a failed run's copy is kept
 kernel_name() -> str                 the Jupyter kernel the chain uses
-store_checked_outputs(model) -> list[str]   copy the outputs of ``# NBVAL_CHECK_OUTPUT`` cells from the
-                                     executed copies into the source notebooks (after a deliberate change)
 
 Example::
 
@@ -45,7 +42,6 @@ Example::
 from __future__ import annotations
 
 import ast
-import hashlib
 import json
 import os
 import sys
@@ -55,13 +51,14 @@ from pathlib import Path
 from typing import Any
 
 from mfutils.core import processes as group
-from mfutils.core.paths import (RUN_ENV, atomic_write_text, display_path, figures_dir, model_slug, notebooks_dir,
+from mfutils.core.paths import (RUN_ENV, atomic_write_text, display_path, figures_dir, notebooks_dir,
                                  results_dir, run_key)
 from mfutils.run import state as records
 from mfutils.run.args import parameter_problem
+from mfutils.run.outputs import built_notebooks, executed_paths, run_key_for
 from mfutils.run.parallel import primary_error
 
-__all__ = ["PLANNED", "executed_paths", "run_key_for", "built_notebooks", "describe_chain", "run_chain", "kernel_name", "store_checked_outputs",
+__all__ = ["PLANNED", "built_notebooks", "describe_chain", "run_chain", "kernel_name", "store_checked_outputs",
            "notebook_parameters", "check_parameters", "parse_parameter", "ChainParameterError"]
 
 PLANNED: tuple[tuple[str, str], ...] = (
@@ -80,10 +77,6 @@ PLANNED: tuple[tuple[str, str], ...] = (
 
 class ChainParameterError(ValueError):
     """A chain parameter that no notebook takes, or a value of the wrong type."""
-
-
-def built_notebooks() -> list[Path]:
-    return sorted(p for p in notebooks_dir().glob("[0-9][0-9]_*.ipynb") if ".ipynb_checkpoints" not in p.parts)
 
 
 # What notebooks 00 and 01 show with dataset="mc2" (the others' lines do not name a dataset)
@@ -238,26 +231,6 @@ def run_chain(model: str = "smol", smoke: bool = False, only: Sequence[str] | No
             os.environ.pop(RUN_ENV, None)
         else:
             os.environ[RUN_ENV] = saved
-
-
-def run_key_for(smoke: bool, params: Mapping[str, Any]) -> str:
-    """The run key of a chain (``core.paths.run_key``): "" for the shipped chain (the world, no ``-p`` parameter, not
-    smoke); otherwise the data ("mc2-<file stem>"), "smoke", and "p-<hash>" of any other parameter given, joined by "-".
-    Outputs then go to ``figures/<model>--<key>/`` and ``results/<model>--<key>/``.
-
-    Example: ``run_key_for(True, {"dataset": "mc2", "mc2_json": "/d/evaluate_final.json"})`` ->
-    ``"mc2-evaluate_final-smoke"``.
-    """
-    parts = []
-    if str(params.get("dataset", "world")) == "mc2":
-        parts.append("mc2-" + model_slug(Path(str(params.get("mc2_json") or "file")).stem))
-    if smoke:
-        parts.append("smoke")
-    custom = {k: v for k, v in params.items() if k not in ("model", "smoke", "dataset", "mc2_json", "coco_root")}
-    if custom:
-        digest = hashlib.sha256(json.dumps(custom, sort_keys=True, default=str).encode()).hexdigest()[:8]
-        parts.append(f"p-{digest}")
-    return "-".join(parts)
 
 
 def _run_chain(model: str, smoke: bool, only: Sequence[str] | None, force: bool,
@@ -447,58 +420,9 @@ def _lead_chain(model: str, smoke: bool, only: Sequence[str] | None, force: bool
     return 0
 
 
-def executed_paths(dst: Path) -> tuple[Path, Path]:
-    """(where a notebook executes, where a failed execution is kept) for the executed copy ``dst``: a run writes
-    ``.<stem>.running.ipynb`` and renames it over ``dst`` only when the notebook completes; a failed run's copy is
-    kept as ``<stem>.FAILED.ipynb`` beside it, and ``dst`` (the last complete run's copy) stays as it was.
-
-    Example: ``executed_paths(Path("figures/smol/notebooks/02_information_flow.ipynb"))[1].name`` ->
-    ``"02_information_flow.FAILED.ipynb"``.
-    """
-    return dst.with_name(f".{dst.stem}.running.ipynb"), dst.with_name(f"{dst.stem}.FAILED.ipynb")
-
-
 def _write_timings(path: Path, model: str, smoke: bool, seconds: dict[str, float]) -> None:
     """Merge ``seconds`` into the chain's timings file, after every notebook: a run that stops half-way, then
     resumes, keeps the times of the notebooks it finished (a run of the other size starts the file afresh)."""
     previous = json.loads(path.read_text()) if path.exists() else {}
     kept = previous.get("seconds", {}) if previous.get("smoke") == smoke else {}
     atomic_write_text(path, json.dumps({"model": model, "smoke": smoke, "seconds": {**kept, **seconds}}, indent=1))
-
-
-_MARK = "# NBVAL_CHECK_OUTPUT"
-
-
-def _unmarked(source: str) -> str:
-    """A cell's source without the nbval marker line (so marking a cell needs no rerun)."""
-    return "\n".join(line for line in source.strip().splitlines() if line.strip() != _MARK)
-
-
-def store_checked_outputs(model: str = "tiny", smoke: bool = False) -> list[str]:
-    """Copy the outputs of the cells marked ``# NBVAL_CHECK_OUTPUT`` from the executed copies of the last
-    run (``figures/<model>/notebooks/``, or with ``smoke`` the smoke run's ``figures/<model>--smoke/notebooks/``, what
-    nbval's smoke-size notebooks compare against) into the source notebooks, which keep no other outputs.
-    nbval compares those cells in ``make test``. Returns the notebooks changed."""
-    import nbformat
-
-    changed = []
-    folder = figures_dir(model, create=False).parent / (f"{model_slug(model)}--smoke" if smoke else model_slug(model))
-    for src in built_notebooks():
-        executed = folder / "notebooks" / src.name
-        if not executed.exists():
-            continue
-        nb, ex = nbformat.read(src, as_version=4), nbformat.read(executed, as_version=4)
-        ex_by_source = {_unmarked(c.source): c for c in ex.cells if c.cell_type == "code"}
-        touched = False
-        for cell in nb.cells:
-            if cell.cell_type == "code" and cell.source.lstrip().startswith(_MARK):
-                done = ex_by_source.get(_unmarked(cell.source))
-                if done is None:
-                    raise ValueError(f"{display_path(executed)} has no cell matching a checked cell of {src.name}: "
-                                     "rerun the chain")
-                cell.outputs, cell.execution_count = done.outputs, 1
-                touched = True
-        if touched:
-            nbformat.write(nb, src)
-            changed.append(src.name)
-    return changed

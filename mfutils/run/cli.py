@@ -218,7 +218,7 @@ def _relaunch(args: argparse.Namespace) -> int:
 
 
 def _cmd_store_checked(args: argparse.Namespace) -> int:
-    from mfutils.run.chain import store_checked_outputs
+    from mfutils.run.outputs import store_checked_outputs
 
     changed = store_checked_outputs(args.model, smoke=args.smoke)
     print("updated: " + (", ".join(changed) if changed else "nothing (no executed copies or no checked cells)"))

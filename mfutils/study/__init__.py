@@ -44,9 +44,16 @@ overlap
     Which prompts occur verbatim in the training stream of a model trained by ``study.train`` (amendment A6,
     C7).
     API: CRITERION, prompt_text, training_stream, in_training, overlap_summary
+positions
+    Where the instruction stands (notebook 08; C14, A8, A9): MFR per position and instruction with failure kinds,
+    the instruction's effect between flipped-instruction twins, knockout curves and head scores per position,
+    succeeded vs failed within a position's pool, margins with heads blocked.
+    API: POSITION_EDGES, INSTRUCTIONS, scored_pass, behaviour, instruction_effect, effect_doc, mfr_difference,
+         edge_present, position_knockout, position_heads, failure_curves, blocked_margins
 results
-    The results files: every result document and array file is written and read here, atomically.
-    API: jsonable, write_results, read_results, write_arrays, results_path, Document, OPTIONAL
+    The results files: every result document and array file is written and read here, atomically; an absent
+    measurement is null with its reason.
+    API: jsonable, write_results, read_results, write_arrays, results_path, Document, OPTIONAL, absent, non_finite
 retention
     Capability retention: accuracy per category with the identified heads blocked vs random sets (notebook 06,
     C7).

@@ -12,6 +12,7 @@ scored_pass(mm, samples, batch_size=64) -> (follows bool [N], margins [N])   one
 behaviour(mm, pools, batch_size=64) -> (doc, flags)   MFR per position x instruction (Wilson), margins, failure kinds
 instruction_effect(mm, samples, batch_size=64) -> dict   per pair S, S_cut, B of follow-image samples and their twins
 effect_doc(effects, n_boot=1000, seed=0) -> dict       their means with intervals and C14's comparisons (b), (c)
+mfr_difference(behaviour_doc, position) -> dict        C14 (a): MFR at a position minus the standard's (Newcombe)
 edge_present(mm, sample, edge) -> bool               whether the edge removes any attention at that sample's layout
 position_knockout(mm, tests, k, stride, ...) -> dict   curves of ``POSITION_EDGES`` per position and instruction
 position_heads(mm, idents, share, reference, ...) -> dict   attribution head scores per position, top-share overlaps
@@ -48,7 +49,7 @@ from mfutils.study.scoring import head_attribution
 from mfutils.study.selection import rank_agreement, top_heads
 
 __all__ = ["POSITION_EDGES", "INSTRUCTIONS", "scored_pass", "behaviour", "instruction_effect", "effect_doc",
-           "edge_present", "position_knockout", "position_heads", "failure_curves", "blocked_margins"]
+           "mfr_difference", "edge_present", "position_knockout", "position_heads", "failure_curves", "blocked_margins"]
 
 POSITION_EDGES: tuple[str, ...] = ("instruction->last", "image->last", "context->last", "image->instruction",
                                    "context->instruction")
