@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -11,6 +12,8 @@ from mfutils.model.loading import MLLM, RANDOM_ARCHS, random_model
 from mfutils.data.prompts import Prompt
 
 import os as _os
+
+REPO = Path(__file__).resolve().parents[1]
 
 from hypothesis import settings as _settings
 
@@ -116,3 +119,19 @@ def pytest_collection_modifyitems(session: Any, config: Any, items: list[Any]) -
             continue
         if NBVAL_SMOKE_LINE not in cell.source:
             cell.source = cell.source + NBVAL_SMOKE_LINE
+
+
+# ---- a repository with one notebook, for chain tests that need a notebook of their own ---------------------------
+def fake_repo(tmp_path: Path, notebook: dict[str, Any]) -> tuple[Path, dict[str, str]]:
+    """A repository root (MF_ROOT) whose only notebook is ``notebook`` (as ``00_test.ipynb``), the output root
+    (MF_OUT) and the environment to run the chain in: ``(out, env)``."""
+    import json
+
+    root = tmp_path / "repo"
+    (root / "notebooks").mkdir(parents=True)
+    (root / "notebooks" / "00_test.ipynb").write_text(json.dumps(notebook))
+    for shared in ("checkpoints", "paper"):                  # read only: outputs go to MF_OUT
+        (root / shared).symlink_to(REPO / shared)
+    out = tmp_path / "out"
+    env = {**_os.environ, "MF_ROOT": str(root), "MF_OUT": str(out), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return out, env

@@ -4,14 +4,13 @@ write: it is kept beside as ``<stem>.FAILED.ipynb``, and a later complete run re
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import fake_repo
 from mfutils.run.outputs import executed_paths
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,13 +43,7 @@ def test_executed_paths() -> None:
 
 @pytest.mark.chain
 def test_a_failed_run_leaves_the_last_complete_run_as_it_was(tmp_path: Path) -> None:
-    root = tmp_path / "repo"
-    (root / "notebooks").mkdir(parents=True)
-    (root / "notebooks" / "00_test.ipynb").write_text(json.dumps(NOTEBOOK))
-    for shared in ("checkpoints", "paper"):                  # read only: outputs go to MF_OUT
-        (root / shared).symlink_to(ROOT / shared)
-    out = tmp_path / "out"
-    env = {**os.environ, "MF_ROOT": str(root), "MF_OUT": str(out), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    out, env = fake_repo(tmp_path, NOTEBOOK)
     cmd = [sys.executable, "-m", "mfutils", "reproduce", "--model", "tiny"]
 
     def run(*extra: str, fail: bool = False) -> subprocess.CompletedProcess:

@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import fake_repo
+
 from mfutils.core import processes
 from mfutils.data.world import make_samples
 from mfutils.measure.follow import FlagCache, follows
@@ -263,22 +265,10 @@ LAUNCHERS = {
 }
 
 
-def _fake_repo(tmp_path: Path, notebook: dict) -> tuple[Path, dict[str, str]]:
-    """A repository root (MF_ROOT) whose only notebook is ``notebook``, and the environment to run it in."""
-    root = tmp_path / "repo"
-    (root / "notebooks").mkdir(parents=True)
-    (root / "notebooks" / "00_test.ipynb").write_text(json.dumps(notebook))
-    for shared in ("checkpoints", "paper"):                  # read only: outputs go to MF_OUT
-        (root / shared).symlink_to(ROOT / shared)
-    out = tmp_path / "out"
-    env = {**os.environ, "MF_ROOT": str(root), "MF_OUT": str(out), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    return out, env
-
-
 @pytest.mark.chain
 @pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
 def test_a_chain_runs_in_two_processes_under_each_launcher(tmp_path: Path, launcher: str) -> None:
-    out, env = _fake_repo(tmp_path, RANKS_NOTEBOOK)
+    out, env = fake_repo(tmp_path, RANKS_NOTEBOOK)
     res = subprocess.run(LAUNCHERS[launcher], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     assert "processes=2)" in res.stdout
@@ -291,7 +281,7 @@ def test_a_chain_runs_in_two_processes_under_each_launcher(tmp_path: Path, launc
 
 @pytest.mark.chain
 def test_a_chain_whose_process_fails_stops_with_that_processes_error(tmp_path: Path) -> None:
-    out, env = _fake_repo(tmp_path, FAILING_NOTEBOOK)
+    out, env = fake_repo(tmp_path, FAILING_NOTEBOOK)
     marker = f"MF_OUT={out}"
     res = subprocess.run(LAUNCHERS["mf --processes"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode != 0
