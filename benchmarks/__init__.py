@@ -2,5 +2,5 @@
 
 ``python -m benchmarks.run [--quick] [--out benchmarks/RESULTS.md]``: see ``benchmarks/run.py``.
 ``python -m benchmarks.gpu_llava_sweep``: the knockout sweep on a randomly initialised full-size
-LLaVA-1.5-7B on a GPU (issue 9 item 6).
+LLaVA-1.5-7B on a GPU.
 """

@@ -1,6 +1,6 @@
 """Knockout sweep on a randomly initialised model with the FULL LLaVA-1.5-7B config: naive vs prefix reuse.
 
-Issue 9 item 6. No weights are needed: the model (Llama-2-7B text, CLIP ViT-L/14 at 336 px, mlp2x_gelu
+No weights are needed: the model (Llama-2-7B text, CLIP ViT-L/14 at 336 px, mlp2x_gelu
 projector) is built with random weights directly on the device in the chosen dtype (bf16 on a GPU; it is
 never built on the CPU first). Then, for ``--samples`` synthetic world samples in one batch, a window-1
 knockout sweep over every layer and one or two edges runs twice: naive (one full forward per edge x layer

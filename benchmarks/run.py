@@ -354,7 +354,7 @@ def render(doc: dict[str, Any]) -> str:
         ("head scoring, exhaustive (one forward per head) / attribution + verify, default model",
          fm["heads"]["full/fast"]["median"], ">= 5x", 5.0),
     ]
-    lines += [f"## Targets (issue 6), on {first}", "", "| target | measured (median) | wanted | met |", "|---|---|---|---|"]
+    lines += [f"## Targets, on {first}", "", "| target | measured (median) | wanted | met |", "|---|---|---|---|"]
     lines += [f"| {t} | {v:.2f}x | {w} | {'yes' if v >= th else 'no'} |" for t, v, w, th in targets]
     worst = max(r["hooks"]["hooked/plain"]["median"] for r in doc["models"].values())
     lines += [f"| hook overhead, hooked / unhooked forward, worst model | {worst:.3f}x | <= 1.10x | "

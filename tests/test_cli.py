@@ -70,7 +70,7 @@ def test_eval_mc2_on_stand_in_images(tmp_path) -> None:  # type: ignore[no-untyp
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert f"1 of 6 MC2 images are missing under {tmp_path}: {records[5]['image_id']} (record 5)" in out.stderr
     # the random model's word-level vocabulary does not know MC2's answers: none of the 5 records x 2
-    # instructions can be scored, which is an error (issue 16), not a table of NaN rates
+    # instructions can be scored, which is an error, not a table of NaN rates
     out = _run("eval", "--model", "random:internvl", "--dataset", "mc2", "--mc2-json", MC2, "--coco-root",
                str(tmp_path), "--n", "5", "--json")
     assert out.returncode == 2 and "Traceback" not in out.stderr

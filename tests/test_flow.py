@@ -201,7 +201,7 @@ def test_run_information_flow_document(mm: MLLM, monkeypatch: pytest.MonkeyPatch
     assert back["n"]["failed"] == back["knockout"]["image->last"]["failed"]["n"]
     assert set(back["controls"]["system"]) == set(CONTROL_EDGES["system"])
     assert len(back["ldar"]["anchor_mean"]["rate"]) == mm.n_layers + 1
-    # issue 15: the three estimators, the failures by source and kind, the LDAR baseline, the summed attributions
+    # the three estimators, the failures by source and kind, the LDAR baseline, the summed attributions
     n = back["n"]
     assert n["failed_test"] + n["failed_fail_pool"] == n["failed"] == n["failed_arbitration"] + n["failed_perception"]
     assert n["failed_fail_pool"] == len(failed)
@@ -256,7 +256,7 @@ def test_sweep_survives_out_of_memory(mm: MLLM, samples: list[Sample], sweep: Sw
 
 
 # ------------------------------------------------------------------------------------------------
-# Baselines and intervals of issue 15: the random-token LDAR (A5), the summed deep attributions (C4),
+# Baselines and intervals (amendments A3, A5): the random-token LDAR (A5), the summed deep attributions (C4),
 # the failed samples by kind (C10)
 # ------------------------------------------------------------------------------------------------
 def test_ldar_random_token_baseline(mm: MLLM, samples: list[Sample]) -> None:

@@ -354,7 +354,7 @@ def test_prefix_trace_rejects_bad_windows_and_rows(mm_arch: MLLM, prompts: list[
 
 
 # ------------------------------------------------------------------------------------------------
-# Issue 8: clear errors for bad hook arguments
+# clear errors for bad hook arguments
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("alpha", [-0.5, float("nan"), float("inf")])
 def test_scale_heads_rejects_negative_or_non_finite_alpha(mm_arch: MLLM, alpha: float) -> None:
@@ -390,7 +390,7 @@ def test_knockout_window_larger_than_the_model(mm_arch: MLLM, prompts: list[Prom
 
 
 # ------------------------------------------------------------------------------------------------
-# Issue 8: out of memory -> retry at half the batch size
+# out of memory -> retry at half the batch size
 # ------------------------------------------------------------------------------------------------
 def fake_model(limit: int, calls: list[tuple[int, int]], error: type[BaseException] | None = None) -> Any:
     """fn(start, stop) that runs out of memory on more than ``limit`` items and returns the range."""
@@ -438,7 +438,7 @@ def test_run_batched_gives_up_at_one_sample_and_passes_other_errors() -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# Issue 8 item 5: property tests (random groups, layers and heads)
+# property tests (random groups, layers and heads)
 # ------------------------------------------------------------------------------------------------
 PROPERTY = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 GROUPS = [g for g in GROUP_NAMES if g not in ("system",)]

@@ -1,4 +1,4 @@
-"""Uncertainty of the head selection (notebook 03, issue 15): selection stability, the top-k boundary margin and
+"""Uncertainty of the head selection (notebook 03): selection stability, the top-k boundary margin and
 C5's bootstrap intervals, on constructed per-sample drops with known answers; the per-sample attribution terms;
 the C5 measured text and the stability figure."""
 

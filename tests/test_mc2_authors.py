@@ -1,4 +1,4 @@
-"""The authors' per-model format (issue 16, items 1 and 3): read as a format of its own, detected by its fields,
+"""The authors' per-model format: read as a format of its own, detected by its fields,
 its instruction sentence, question form and candidate lists used; the per-model filter off by default for it;
 splits smaller than asked warn, and stop below the minimum. The file is built here (tests/authors_file.py)."""
 

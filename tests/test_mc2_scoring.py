@@ -1,4 +1,4 @@
-"""Candidate scoring on real tokenizers, Chinese included (issue 16, item 2): the first scored token carries
+"""Candidate scoring on real tokenizers, Chinese included: the first scored token carries
 content (never a bare space or a byte fragment), unscorable samples say their real cause, the world's one-token
 answers are scored as before, and full-sequence scoring equals a direct computation.
 
@@ -104,7 +104,7 @@ def test_smol_first_tokens_carry_content(smol_tokenizer: Any, template: str, tmp
     samples = _file_samples(tmp_path)
     words = _words(samples)
     got = first_tokens(mm, words)
-    # every scored token carries content; before issue 16 the first token as written was scored whatever it was
+    # every scored token carries content before, the first token as written was scored whatever it was
     assert all(_content(tok, t.token) for t in got if t.token is not None)
     natural = {w: answers._natural_first_ids(mm, [w])[0] for w in words}
     bad_before = [w for w in words if not _content(tok, natural[w])]

@@ -71,7 +71,7 @@ def test_model_keep_and_the_manifest_entry_point(tmp_path: Path, monkeypatch: py
     (tmp_path / "mc2.json").write_text(__import__("json").dumps(recs))
     sizes = {"identify": 2, "test": 2}
     # the random model knows none of the 8 records from each modality alone: the filtered splits are empty, an
-    # error that says so (item 3 of issue 16: a split far below its size is never silent)
+    # error that says so (a split far below its size is never silent)
     with pytest.raises(SplitTooSmallError, match=r"split 'identify' has 0 samples, 2 were asked for.*the per-model "
                        r"filter kept 0 of the 4 records it probed.*model_filter=False"):
         write_manifest("random:llava", sizes, dataset="mc2", mc2_json=str(tmp_path / "mc2.json"),

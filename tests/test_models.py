@@ -53,7 +53,7 @@ def test_adapter_paths_resolve(arch: str) -> None:
     assert mm.image_token_id == mm.tokenizer.convert_tokens_to_ids(mm.spec.image_token)
 
 
-# ---- real-model loading: device_map, dtype, and the errors of issue 8 -------------------------------------
+# ---- real-model loading: device_map, dtype and its errors -------------------------------------
 import json
 
 import torch

@@ -1,5 +1,5 @@
 """The explorers on MC2 samples as the loader builds them: the image is a ``pathlib.Path`` to a COCO file
-(``mfutils.data.mc2.find_images``), not a PIL image or an array (issue 16)."""
+(``mfutils.data.mc2.find_images``), not a PIL image or an array."""
 
 from __future__ import annotations
 

@@ -106,7 +106,7 @@ def test_heldout_templates_use_only_words_seen_in_training() -> None:
         assert INSTRUCTION_TEMPLATES[i] not in [t for j, t in enumerate(INSTRUCTION_TEMPLATES) if j != i]
 
 
-# ---- property: any seed renders a valid sample whose segments are all found (issue 8) ---------------------
+# ---- property: any seed renders a valid sample whose segments are all found ---------------------
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

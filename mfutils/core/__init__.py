@@ -9,7 +9,7 @@ paths
          display_path, atomic_output, atomic_write_text, atomic_write_bytes
 processes
     Processes: which of N cooperating processes this one is, which share of the work is its own, and how the
-    shares are put back together (issue 17; torch.distributed, gloo backend).
+    shares are put back together (torch.distributed, gloo backend).
     API: World, world, is_main, share, gather_items, gather_rows, barrier, in_lockstep, coordinate_only, leave,
          ProcessGroupError, TIMEOUT_ENV
 provenance

@@ -1,5 +1,5 @@
 """Processes: which of N cooperating processes this one is, which share of the work is its own, and how the
-shares are put back together (issue 17; torch.distributed, gloo backend).
+shares are put back together (torch.distributed, gloo backend).
 
 The analyses run the same code in every process (SPMD, as ``accelerate launch`` and ``torchrun`` do). A batch
 loop that is allowed to spread (``mfutils.measure.prepared.per_batch`` and ``study.flow_batches.flow_batches``

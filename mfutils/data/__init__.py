@@ -28,7 +28,7 @@ sample
     The sample type shared by the synthetic world and MC2, and the checksum that identifies a list of samples.
     API: Sample, CONFLICT_CATEGORIES, dataset_checksum
 world
-    The synthetic modality-conflict world (design section 2): rendered objects, text contexts, instructions.
+    The synthetic modality-conflict world: rendered objects, text contexts, instructions.
     API: COLORS, SHAPES, ATTRIBUTES, CATEGORIES, VARIANTS, TRAIN_MIX, INSTRUCTION_TEMPLATES, HELDOUT_TEMPLATES,
          make_sample, make_samples, vocabulary, render_image, IMAGE_SIZE, TRAIN_SEED, HELDOUT_SEEDS, SPLITS,
          make_split, DATASET_VERSION, VARIANT_MIX, counterparts_world

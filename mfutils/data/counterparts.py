@@ -1,6 +1,6 @@
 """The single-modality versions of a conflict sample, for the world and for MC2 alike.
 
-A failure on a conflict sample counts as an "arbitration failure" (design section 5) when the model answers
+A failure on a conflict sample counts as an "arbitration failure" when the model answers
 both of its counterparts right: the same image alone, and the same context with an empty image.
 
 Public API

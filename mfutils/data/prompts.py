@@ -3,7 +3,7 @@
 Public API
 ----------
 Prompt          an image plus an ordered list of named text segments (``("context", "...")``)
-GROUP_NAMES     the token-group names of design section 3
+GROUP_NAMES     the token-group names of paper/METHOD.md (Token groups)
 """
 
 from __future__ import annotations

@@ -11,10 +11,10 @@ follow
     Does the model follow the instruction? The one path for every MFR, failure search, readout and evaluation.
     API: Head, POSITIONS, check_heads, follows, scaled_logits, FlagCache
 margins
-    Measures on answer logits: the instructed margin, INSSD, flips, instructed wins (design section 5).
+    Measures on answer logits: the instructed margin, INSSD, flips, instructed wins.
     API: EPS, SMALL_MARGIN, margins, inssd, ratio_of_means, inssd_estimators, flips, instructed_wins
 prefix
-    Prefix reuse, checked: one clean forward per batch that interventions rerun from (design section 4).
+    Prefix reuse, checked: one clean forward per batch that interventions rerun from.
     API: PREFIX_REUSE, checked_trace, merge_status, merge_statuses
 prepared
     Samples encoded once and reused across interventions, and the one batch loop that survives out of memory.

@@ -152,7 +152,7 @@ def _continuation(tokenizer: Any, prefix: str, sep: str, word: str) -> tuple[int
 
 def _natural_first_ids(mm: MLLM, words: Sequence[str]) -> list[int]:
     """The first token of each word as written after the prompt, the unknown token left out (what
-    ``first_token_ids`` returned before issue 16; ``candidate_ids`` keeps it for the world's words)."""
+    ``first_token_ids`` returned before MC2 scoring by content-carrying tokens; ``candidate_ids`` keeps it for the world's words)."""
     prefix = _answer_prefix(mm)
     unk = getattr(mm.tokenizer, "unk_token_id", None)
     out: dict[int, None] = {}
@@ -280,7 +280,7 @@ def _side_ids(mm: MLLM, side: str, words: Sequence[str], where: str) -> list[int
 
 def targets_from_candidates(mm: MLLM, samples: Sequence[Any]) -> Targets:
     """Targets from candidate lists: P+ sums the first-token probabilities of the instructed side's candidates
-    (``answer_img_candidate_list`` or ``answer_text_candidate_list``), P- the other side's (design section 5).
+    (``answer_img_candidate_list`` or ``answer_text_candidate_list``), P- the other side's.
 
     Each candidate is scored by its first token that carries content (``first_tokens``); first tokens are
     deduplicated within a side; a first token shared by both sides counts for neither (it cannot tell them

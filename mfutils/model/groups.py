@@ -2,7 +2,7 @@
 
 Groups are found from the character spans of each prompt segment in the rendered text (tokenizer offset
 mapping), never from hard-coded positions, and are per sample, since left padding shifts positions
-(design section 3). The same code serves the tiny model and every real architecture in ``mfutils.model.archs``.
+(paper/METHOD.md). The same code serves the tiny model and every real architecture in ``mfutils.model.archs``.
 
 Public API
 ----------

@@ -5,7 +5,7 @@ in ``finally``, also when the body raises; nested ones close in reverse order (`
 mechanism; ``mfutils.model.prefix`` builds prefix reuse on it). Nothing monkey-patches
 ``forward``; module paths come from the architecture table (``mm.attn(l)``, ``mm.o_proj(l)``, ...). All
 work with ``attn_implementation`` ``"sdpa"`` and ``"eager"`` and leave the model bit-identical when they do
-nothing (design section 4).
+nothing.
 
 Public API
 ----------

@@ -1,5 +1,5 @@
 """Prefix reuse: record one clean forward of a batch, then rerun only the layers and rows an intervention
-can change (design section 4).
+can change.
 
 An intervention whose first affected layer is l leaves the residual stream entering l unchanged; one that
 touches only query rows >= p leaves every row < p unchanged (causal attention). ``PrefixTrace.rerun``

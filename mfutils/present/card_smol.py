@@ -2,7 +2,7 @@
 
 Public API
 ----------
-TARGETS                                        the held-out accuracy each category must reach (issue 14)
+TARGETS                                        the held-out accuracy each category must reach
 SMOL_DESIGN_NOTES                              the recipe's choices and their reasons (in the card)
 write_smol_card(folder, n=1000, seed=1001) -> dict   evaluate the parts checkpoint in ``folder`` and write
                                                model_card.json, MODEL_CARD.md, training_curve.{png,pdf}

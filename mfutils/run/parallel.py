@@ -1,4 +1,4 @@
-"""Many processes: start a group of workers from a notebook or for the chain (issue 17).
+"""Many processes: start a group of workers from a notebook or for the chain.
 
 The analyses spread their batches over the processes of a group and gather the per-sample results
 (``mfutils.core.processes``); this module starts such groups.

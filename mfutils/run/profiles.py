@@ -26,7 +26,7 @@ __all__ = ["PROFILES", "SHIPPED_ORDER", "profile"]
 SHIPPED_ORDER: tuple[str, ...] = ("smol", "tiny")
 
 PROFILES: dict[str, dict[str, Any]] = {
-    # the counts of every tiny run since issue 15 (the notebooks' defaults before smol became the default)
+    # the counts of every tiny run since the tiny model became the contrast (the notebooks' defaults before smol became the default)
     "tiny": {
         "split_sizes": {"identify": 256, "test": 400, "test_system": 200, "test_instruction_last": 200,
                         "capability": 300, "fail_pool": 2000},

@@ -63,7 +63,7 @@ saliency
     2023).
     API: saliency
 scoring
-    Head scores: how much the instructed margin drops when one head is blocked (C5, design section 5).
+    Head scores: how much the instructed margin drops when one head is blocked (C5, paper/METHOD.md).
     API: SCORE_METHODS, all_heads, Drops, exact_drops, head_scores_exhaustive, head_score_reference,
          head_scores_attribution, Attribution, head_attribution, FastScores, head_scores_fast
 selection

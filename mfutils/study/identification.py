@@ -3,7 +3,7 @@
 **Identified heads**: the top ``share`` (5%) of all heads by the exhaustive head score
 (``mfutils.study.scoring``), ``k = max(1, round(share * L * H))``.
 
-**Uncertainty of the selection** (ours; issue 15): B bootstrap resamples of the identification samples (the
+**Uncertainty of the selection** (ours): B bootstrap resamples of the identification samples (the
 same B resamples for every statistic: the per-sample drops [N, L, H] that exhaustive scoring measures anyway
 are averaged with each resample's counts, no model run). ``selection_stability``: the share of resamples in
 which each head is again in the top k (Wilson interval over the B resamples: Monte Carlo error only);

@@ -207,7 +207,7 @@ def knockout_sweep(mm: MLLM, samples: Sequence[Sample] | Prepared, edges: Sequen
     ``edges``: names registered in ``mfutils.model.edges`` or any ``"a+b->c"``. ``method="prefix"``
     (default): one clean forward per batch (``mfutils.model.prefix.prefix_trace``) serves every edge and window; a
     knockout starting at layer l recomputes only layers >= l and only the rows from the first cut query on
-    (prefix reuse, design section 4). ``method="naive"``: one full forward per (edge, window) under
+    (prefix reuse, paper/METHOD.md). ``method="naive"``: one full forward per (edge, window) under
     ``hooks.knockout`` (the reference; equal results, tested to 1e-4). ``batch_conditions``: with prefix
     reuse, run all edges of one window as one batched rerun (E x B rows, per-row masks): fewer, larger
     calls (edges whose cuts start at the same query row share one rerun); off by default, see

@@ -1,6 +1,6 @@
-"""Head scores: how much the instructed margin drops when one head is blocked (C5, design section 5).
+"""Head scores: how much the instructed margin drops when one head is blocked (C5, paper/METHOD.md).
 
-- **Head score** (ours, within design section 5): the mean drop of the instructed margin
+- **Head score** (ours; paper/METHOD.md): the mean drop of the instructed margin
   (``measure.margins.margins``, binary constraint) when one head alone is blocked (alpha = 0) at the answer
   position, over the samples the model follows correctly. Positive: the head supports following.
 - **Attribution score**: the first-order (gradient x activation) estimate of the same drop,
@@ -8,7 +8,7 @@
   Blocking moves ``a_h`` by ``-a_h``, so the margin changes by about ``-(a_h . dm/da_h)``; the *drop*
   is its negative. Both scores share one sign convention.
 
-Performance (design section 4): blocking a head of layer l at the answer position reruns only layers >= l at
+Performance: blocking a head of layer l at the answer position reruns only layers >= l at
 the answer rows (``measure.prefix.checked_trace``, checked on every batch, with full forwards as the
 fallback); how a run went is ``Drops.fast_path`` and, for a ``Prepared`` input, ``data.fast_path``.
 ``head_scores_fast`` (attribution patching, the top 3k candidates verified by exact ablation) is the
@@ -78,7 +78,7 @@ def _ablation_logits(mm: MLLM, batch: Batch, heads: Sequence[Head], method: str 
 
     ``method="prefix"``: blocking a head of layer l at the answer position changes nothing before layer l
     and no earlier row, so one clean forward (``hooks.prefix_trace``) serves all heads and each reruns
-    layers l..L-1 for the answer rows only (design section 4, prefix reuse); checked per batch, with full
+    layers l..L-1 for the answer rows only (prefix reuse, paper/METHOD.md; prefix reuse); checked per batch, with full
     forwards as the fallback. ``method="full"``: one full forward per head (the plain reference).
     """
     enc = batch.enc
